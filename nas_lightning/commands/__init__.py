@@ -1,0 +1,1 @@
+"""Commands of ``nas-lightning`` that are not Trainer entry points."""

@@ -1,0 +1,6 @@
+"""Architecture samplers."""
+
+from nas_lightning.samplers.base import ArchSampler
+from nas_lightning.samplers.uniform import UniformSampler
+
+__all__ = ["ArchSampler", "UniformSampler"]

@@ -1,0 +1,192 @@
+"""The search-space abstraction (SPEC.md, "Shared vocabulary").
+
+A space is an ordered list of decisions, each with named choices. It samples, encodes and decodes
+archs, enumerates itself when small, mutates and crosses archs over for evolution, counts params
+and FLOPs per arch (cached), and builds both the supernet and a stand-alone network. It knows
+nothing about training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nas_lightning.spaces.arch import Arch
+
+if TYPE_CHECKING:
+    from nas_lightning.supernet.base import Supernet
+
+
+class ArchFormatError(ValueError):
+    """An arch string, dict or index list that does not belong to the space."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    choices: tuple[str, ...]
+
+    def index(self, choice: str, context: str) -> int:
+        try:
+            return self.choices.index(choice)
+        except ValueError:
+            raise ArchFormatError(
+                f"unknown op {choice!r} for decision {self.name!r} in {context!r}; "
+                f"choose one of {list(self.choices)}"
+            ) from None
+
+
+class SearchSpace(ABC):
+    """Base class of every search space. Subclasses define decisions, the string format and builders."""
+
+    #: channels, height, width of the input images; set by subclasses in ``__init__``.
+    in_channels: int
+    input_size: int
+    num_classes: int
+
+    def __init__(self) -> None:
+        self._cost_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+
+    # --- structure -------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def decisions(self) -> list[Decision]: ...
+
+    @property
+    def num_decisions(self) -> int:
+        return len(self.decisions)
+
+    @property
+    def num_archs(self) -> int:
+        return math.prod(len(d.choices) for d in self.decisions)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+    # --- encoding ----------------------------------------------------------------------------------
+    @abstractmethod
+    def format(self, choices: Sequence[str]) -> str:
+        """Canonical string of one arch given its choice names (one per decision)."""
+
+    @abstractmethod
+    def parse(self, text: str) -> list[str]:
+        """Choice names (one per decision) from an arch string; raises ``ArchFormatError``."""
+
+    def arch(self, indices: Sequence[int]) -> Arch:
+        indices = tuple(int(i) for i in indices)
+        if len(indices) != self.num_decisions:
+            raise ArchFormatError(
+                f"{type(self).__name__} archs have {self.num_decisions} decisions, got {len(indices)}: {indices}"
+            )
+        for i, d in zip(indices, self.decisions):
+            if not 0 <= i < len(d.choices):
+                raise ArchFormatError(f"choice index {i} out of range for decision {d.name!r} ({len(d.choices)} choices)")
+        return Arch(indices, self.format([d.choices[i] for i, d in zip(indices, self.decisions)]))
+
+    def decode(self, text: str | Arch) -> Arch:
+        if isinstance(text, Arch):
+            return self.arch(text.indices)
+        names = self.parse(text.strip())
+        if len(names) != self.num_decisions:
+            raise ArchFormatError(
+                f"{text!r} has {len(names)} choices but {type(self).__name__} has {self.num_decisions} decisions"
+            )
+        return self.arch([d.index(n, text) for n, d in zip(names, self.decisions)])
+
+    def encode(self, arch: Arch) -> str:
+        return arch.text
+
+    def choice_names(self, arch: Arch) -> list[str]:
+        return [d.choices[i] for i, d in zip(arch.indices, self.decisions)]
+
+    def to_dict(self, arch: Arch) -> dict[str, str]:
+        return {d.name: d.choices[i] for i, d in zip(arch.indices, self.decisions)}
+
+    def from_dict(self, choices: dict[str, str]) -> Arch:
+        missing = [d.name for d in self.decisions if d.name not in choices]
+        extra = sorted(set(choices) - {d.name for d in self.decisions})
+        if missing or extra:
+            raise ArchFormatError(f"arch dict does not match {type(self).__name__}: missing {missing}, unknown {extra}")
+        return self.arch([d.index(choices[d.name], str(choices)) for d in self.decisions])
+
+    def to_tensor(self, archs: Sequence[Arch]) -> torch.Tensor:
+        """Index tensor of shape (len(archs), num_decisions)."""
+        return torch.tensor([a.indices for a in archs], dtype=torch.long).reshape(len(archs), self.num_decisions)
+
+    def from_tensor(self, indices: torch.Tensor) -> list[Arch]:
+        return [self.arch(row) for row in indices.tolist()]
+
+    # --- sampling and evolution ---------------------------------------------------------------------
+    def sample_many(self, n: int, generator: torch.Generator) -> list[Arch]:
+        """``n`` archs drawn uniformly, one independent choice per decision, from a seeded generator."""
+        sizes = torch.tensor([len(d.choices) for d in self.decisions], dtype=torch.float64)
+        u = torch.rand((n, self.num_decisions), generator=generator, dtype=torch.float64)
+        return self.from_tensor((u * sizes).floor().long())
+
+    def sample(self, generator: torch.Generator) -> Arch:
+        return self.sample_many(1, generator)[0]
+
+    def arch_at(self, index: int) -> Arch:
+        """The ``index``-th arch in ``enumerate`` order (mixed radix, last decision fastest)."""
+        if not 0 <= index < self.num_archs:
+            raise IndexError(f"arch index {index} out of range for a space of {self.num_archs} archs")
+        digits = []
+        for d in reversed(self.decisions):
+            index, digit = divmod(index, len(d.choices))
+            digits.append(digit)
+        return self.arch(digits[::-1])
+
+    def enumerate(self) -> Iterator[Arch]:
+        for indices in itertools.product(*(range(len(d.choices)) for d in self.decisions)):
+            yield self.arch(indices)
+
+    def mutate(self, arch: Arch, prob: float, generator: torch.Generator) -> Arch:
+        """Each decision is resampled uniformly with probability ``prob`` (SPOS evolution)."""
+        flip = torch.rand(self.num_decisions, generator=generator) < prob
+        fresh = self.sample(generator).indices
+        return self.arch([f if m else a for a, f, m in zip(arch.indices, fresh, flip.tolist())])
+
+    def crossover(self, a: Arch, b: Arch, generator: torch.Generator) -> Arch:
+        """Uniform crossover: each decision comes from either parent with probability 1/2."""
+        pick = torch.rand(self.num_decisions, generator=generator) < 0.5
+        return self.arch([x if p else y for x, y, p in zip(a.indices, b.indices, pick.tolist())])
+
+    # --- cost --------------------------------------------------------------------------------------
+    def cost(self, arch: Arch) -> tuple[int, int]:
+        """(params, FLOPs) of the stand-alone network, cached per arch.
+
+        FLOPs are counted by ``torch.utils.flop_counter`` for one input image (a multiply-add is 2).
+        """
+        if arch.indices not in self._cost_cache:
+            net = self.build_network(arch)
+            params = sum(p.numel() for p in net.parameters())
+            net.eval()
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                net(torch.zeros(1, *self.input_shape))
+            self._cost_cache[arch.indices] = (params, int(counter.get_total_flops()))
+        return self._cost_cache[arch.indices]
+
+    def params(self, arch: Arch) -> int:
+        return self.cost(arch)[0]
+
+    def flops(self, arch: Arch) -> int:
+        return self.cost(arch)[1]
+
+    # --- builders ----------------------------------------------------------------------------------
+    @abstractmethod
+    def build_supernet(self) -> Supernet:
+        """A module holding the weights of every choice; ``forward(x, arch)`` runs one path."""
+
+    @abstractmethod
+    def build_network(self, arch: Arch) -> nn.Module:
+        """A stand-alone network of one arch, trained from scratch or loaded from a supernet."""

@@ -1,0 +1,79 @@
+"""NAS-Bench-201 / NATS-Bench topology search space (arXiv:2001.00326, arXiv:2009.00437).
+
+Grammar of an arch string (the official one): three node groups joined by ``+``; group i lists the
+edges into node i as ``|op~j|`` (input from node j), for j = 0..i-1::
+
+    |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|
+
+Decisions are the six edges in that order, each among the five ops of ``NB201_OPS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+from nas_lightning.spaces.arch import Arch
+from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
+from nas_lightning.supernet.nb201 import NB201_EDGES, NB201Network
+
+NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+class NB201Space(SearchSpace):
+    """The 15,625-arch cell space with its macro net.
+
+    Args:
+        C: channels of the first stage (16 in the benchmark).
+        N: cells per stage (5 in the benchmark).
+        num_classes: classifier outputs.
+        in_channels: image channels (3 for CIFAR, 1 for Fashion-MNIST).
+        input_size: image side, used for FLOPs.
+        supernet_bn_affine: whether the supernet's cell BN layers learn affine parameters
+            (SPOS practice: no). Stand-alone networks always have them, as in the benchmark.
+    """
+
+    def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3,
+                 input_size: int = 32, supernet_bn_affine: bool = False) -> None:
+        super().__init__()
+        if C < 1 or N < 1:
+            raise ValueError(f"NB201Space needs C >= 1 and N >= 1, got C={C}, N={N}")
+        self.C, self.N = C, N
+        self.num_classes, self.in_channels, self.input_size = num_classes, in_channels, input_size
+        self.supernet_bn_affine = supernet_bn_affine
+
+    @cached_property
+    def decisions(self) -> list[Decision]:  # type: ignore[override]
+        return [Decision(f"{to}<-{src}", NB201_OPS) for to, src in NB201_EDGES]
+
+    def format(self, choices: Sequence[str]) -> str:
+        groups = []
+        for node in (1, 2, 3):
+            edges = [f"{c}~{src}" for c, (to, src) in zip(choices, NB201_EDGES) if to == node]
+            groups.append("|" + "|".join(edges) + "|")
+        return "+".join(groups)
+
+    def parse(self, text: str) -> list[str]:
+        groups = text.split("+")
+        if len(groups) != 3:
+            raise ArchFormatError(
+                f"NAS-Bench-201 arch {text!r} must have 3 node groups joined by '+', e.g. "
+                "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'"
+            )
+        choices: list[str] = []
+        for node, group in enumerate(groups, start=1):
+            edges = [e for e in group.split("|") if e]
+            if not (group.startswith("|") and group.endswith("|")) or len(edges) != node:
+                raise ArchFormatError(f"node {node} of {text!r} must list {node} edges as '|op~j|', got {group!r}")
+            for src, edge in enumerate(edges):
+                op, sep, j = edge.partition("~")
+                if not sep or j != str(src):
+                    raise ArchFormatError(f"edge {edge!r} of node {node} in {text!r} must read '{op or 'op'}~{src}'")
+                choices.append(op)
+        return choices
+
+    def build_supernet(self) -> NB201Network:
+        return NB201Network(self, None, bn_affine=self.supernet_bn_affine)
+
+    def build_network(self, arch: Arch) -> NB201Network:
+        return NB201Network(self, self.decode(arch), bn_affine=True)

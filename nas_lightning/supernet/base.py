@@ -1,0 +1,66 @@
+"""The supernet contract shared by every space.
+
+A supernet holds the weights of every choice and ``forward(x, arch)`` runs one path. A stand-alone
+network is the same class built with one candidate per decision and its arch fixed, so that
+``export(arch)`` copies weights by name and the two compute the same function.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from nas_lightning.spaces.arch import Arch
+
+if TYPE_CHECKING:
+    from nas_lightning.spaces.base import SearchSpace
+
+
+class Supernet(nn.Module, ABC):
+    def __init__(self, space: SearchSpace, fixed_arch: Arch | None = None) -> None:
+        super().__init__()
+        self.space = space
+        self.fixed_arch = fixed_arch
+
+    def candidates(self, decision: int) -> list[str]:
+        """Choices that get weights at ``decision``: all of them, or the fixed arch's one."""
+        choices = self.space.decisions[decision].choices
+        if self.fixed_arch is None:
+            return list(choices)
+        return [choices[self.fixed_arch.indices[decision]]]
+
+    def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+        if arch is None:
+            if self.fixed_arch is None:
+                raise ValueError("a supernet needs an arch: call supernet(x, arch)")
+            arch = self.fixed_arch
+        elif self.fixed_arch is not None and arch != self.fixed_arch:
+            raise ValueError(f"this network is fixed to {self.fixed_arch}, cannot run {arch}")
+        return self.forward_path(x, self.space.choice_names(arch))
+
+    @abstractmethod
+    def forward_path(self, x: torch.Tensor, choices: Sequence[str]) -> torch.Tensor:
+        """Run the path that ``choices`` (one name per decision) selects."""
+
+    def export(self, arch: Arch) -> nn.Module:
+        """A stand-alone network of ``arch`` holding this supernet's weights (inherited weights).
+
+        The supernet's BN layers may lack affine parameters where the stand-alone network has them;
+        those keep their identity initialisation (weight 1, bias 0), which computes the same thing.
+        """
+        net = self.space.build_network(arch)
+        shared = self.state_dict()
+        own = net.state_dict()
+        bn_affine = {
+            f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in ("weight", "bias")
+        }
+        bad = [k for k in own if k not in shared and k not in bn_affine]
+        if bad:
+            raise KeyError(f"stand-alone network has weights the supernet lacks: {bad[:5]}")
+        net.load_state_dict({k: shared[k] for k in own if k in shared}, strict=False)
+        return net

@@ -1,0 +1,77 @@
+"""NAS-Bench-201 against the official benchmark's numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas_lightning.spaces import NB201Space
+
+# Official NATS-Bench TSS parameter counts (C=16, N=5, CIFAR-10, 32x32): count / 1e6 as published.
+OFFICIAL_PARAMS = {
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|": 802_426,
+    "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|": 1_531_546,
+    "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|": 73_306,
+}
+
+
+@pytest.mark.parametrize("arch,params", sorted(OFFICIAL_PARAMS.items()))
+def test_official_parameter_counts(arch: str, params: int) -> None:
+    space = NB201Space(C=16, N=5, num_classes=10, in_channels=3, input_size=32)
+    assert space.params(space.decode(arch)) == params
+
+
+def test_parameter_count_is_linear_in_conv_edges() -> None:
+    """Each nor_conv_3x3 edge adds 9C^2 + 2C per cell over N cells of each of C, 2C, 4C channels,
+    and each nor_conv_1x1 C^2 + 2C: the benchmark's whole table follows from the three numbers above."""
+    space = NB201Space()
+    per3 = sum(5 * (9 * c * c + 2 * c) for c in (16, 32, 64))
+    per1 = sum(5 * (c * c + 2 * c) for c in (16, 32, 64))
+    gen = torch.Generator().manual_seed(1)
+    for arch in space.sample_many(25, gen):
+        names = space.choice_names(arch)
+        expected = 73_306 + per3 * names.count("nor_conv_3x3") + per1 * names.count("nor_conv_1x1")
+        assert space.params(arch) == expected, str(arch)
+
+
+def test_all_15625_strings_round_trip() -> None:
+    space = NB201Space()
+    archs = list(space.enumerate())
+    assert len(archs) == 15_625
+    texts = {str(a) for a in archs}
+    assert len(texts) == 15_625
+    for arch in archs:
+        assert space.decode(str(arch)) == arch
+
+
+def test_official_string_format() -> None:
+    space = NB201Space()
+    text = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    arch = space.decode(text)
+    assert str(arch) == text
+    assert space.to_dict(arch) == {
+        "1<-0": "nor_conv_3x3", "2<-0": "nor_conv_3x3", "2<-1": "avg_pool_3x3",
+        "3<-0": "skip_connect", "3<-1": "nor_conv_3x3", "3<-2": "skip_connect",
+    }
+    with pytest.raises(ValueError, match="~1"):
+        space.decode(text.replace("avg_pool_3x3~1", "avg_pool_3x3~0"))
+
+
+def test_flops_match_the_benchmark() -> None:
+    """NATS-Bench lists 113.95 MFLOPs (multiply-adds) for this arch; flop_counter counts 2 per MAC."""
+    space = NB201Space()
+    arch = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+    assert space.flops(arch) / 2 / 1e6 == pytest.approx(113.95, abs=0.01)
+
+
+def test_none_edges_cost_nothing_and_output_zero_node() -> None:
+    space = NB201Space(C=4, N=1, in_channels=1, input_size=8)
+    supernet = space.build_supernet().eval()
+    arch = space.decode("|none~0|+|none~0|none~1|+|none~0|none~1|none~2|")
+    x = torch.randn(2, 1, 8, 8)
+    # Every cell outputs zeros, so nothing of the input reaches the classifier: the logits are the
+    # same for any input (in eval mode, where BN maps zeros to zeros).
+    out1 = supernet(x, arch)
+    out2 = supernet(torch.randn(2, 1, 8, 8) * 5, arch)
+    torch.testing.assert_close(out1, out2)
+    assert not torch.equal(supernet(x, space.decode(str(arch).replace("none~0", "skip_connect~0"))), out1)
