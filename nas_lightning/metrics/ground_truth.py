@@ -82,8 +82,10 @@ class GroundTruth:
         """Mean Kendall tau-b between pairs of seeds over the archs with the most seeds; NaN below 2 seeds."""
         counts = {a: len(self.per_seed.get(a, [])) for a in self.accuracy}
         most = max(counts.values(), default=0)
+        if most < 2:
+            return math.nan
         rows = [self.per_seed[a] for a, c in counts.items() if c == most]
-        if most < 2 or len(rows) < 2:
+        if len(rows) < 2:
             return math.nan
         return _seed_to_seed_tau(torch.tensor(rows, dtype=torch.float64))
 
@@ -129,7 +131,7 @@ def _add(acc: dict[Arch, float], seeds: dict[Arch, list[float]], arch: Arch, mea
 
 
 def _load_csv(path: Path, space: SearchSpace, metric: str) -> GroundTruth:
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
     seed_re = re.compile(rf"^{re.escape(metric)}_seed(\d+)$")

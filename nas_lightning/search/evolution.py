@@ -180,7 +180,7 @@ class _Pool:
 
     def fill(self, wanted: int, propose: Callable[[int], Iterable[Arch]]) -> int:
         """Add up to ``wanted`` archs from ``propose(n)`` batches, at most ``max_tries_factor * wanted`` tries."""
-        added, tries = 0, 10**9
+        added, tries = 0, self.config.max_tries_factor * wanted
         while added < wanted and tries > 0:
             n = min(wanted - added, tries)
             tries -= n
