@@ -17,12 +17,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+pip_install() {
+    # The local package mirror warns about every index folder it lacks; those lines are noise.
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
 if "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
     echo "keeping the installed torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
-    "${pip[@]}" -e ".[dev]"
+    pip_install -e ".[dev]"
 else
     echo "installing torch and torchvision from requirements/constraints.txt (a few minutes)"
-    "${pip[@]}" -c requirements/constraints.txt -e ".[dev]"
+    pip_install -c requirements/constraints.txt -e ".[dev]"
 fi
 echo "$want" > "$stamp"

@@ -60,7 +60,7 @@ def test_official_string_format() -> None:
 def test_flops_match_the_benchmark() -> None:
     """NATS-Bench lists 113.95 MFLOPs (multiply-adds) for this arch; flop_counter counts 2 per MAC."""
     space = NB201Space()
-    arch = space.decode("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+    arch = space.decode(next(iter(OFFICIAL_PARAMS)))
     assert space.flops(arch) / 2 / 1e6 == pytest.approx(113.95, abs=0.01)
 
 

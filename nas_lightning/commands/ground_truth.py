@@ -137,7 +137,9 @@ def ground_truth_report(gt: GroundTruth, space: SearchSpace) -> str:
     if len(archs) >= 2:
         proxies = {"params": [float(space.params(a)) for a in archs], "flops": [float(space.flops(a)) for a in archs]}
         for name, m in cost_proxy_metrics(target, proxies).items():
-            lines.append(f"  {name:>6} as a proxy: Kendall tau = {m['kendall_tau']:.3f}, Spearman = {m['spearman']:.3f}")
+            lines.append(
+                f"  {name:>6} as a proxy: Kendall tau = {m['kendall_tau']:.3f}, Spearman = {m['spearman']:.3f}"
+            )
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ class StandaloneModule(NASModule):
         self.network = space.build_network(self.arch)
         self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler"])
         self.metrics = torch.nn.ModuleDict(
-            {f"{split}_acc": MulticlassAccuracy(space.num_classes, average="micro") for split in ("train", "val", "test")}
+            {f"{s}_acc": MulticlassAccuracy(space.num_classes, average="micro") for s in ("train", "val", "test")}
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

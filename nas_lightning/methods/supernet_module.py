@@ -41,7 +41,9 @@ class SupernetModule(NASModule):
                  eval_seed: int = 0, bn_recalibration: int = 0) -> None:
         super().__init__(space, optimizer, lr_scheduler, scheduler_interval, label_smoothing)
         if bn_recalibration < 0 or num_eval_archs < 0:
-            raise ValueError(f"bn_recalibration and num_eval_archs must be >= 0, got {bn_recalibration}, {num_eval_archs}")
+            raise ValueError(
+                f"bn_recalibration and num_eval_archs must be >= 0, got {bn_recalibration}, {num_eval_archs}"
+            )
         self.sampler = sampler
         self.supernet = space.build_supernet()
         self.eval_archs: list[Arch] = (

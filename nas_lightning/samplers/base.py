@@ -22,4 +22,5 @@ class ArchSampler(ABC):
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but the checkpoint has {sorted(state)}")

@@ -85,11 +85,14 @@ class SearchSpace(ABC):
         indices = tuple(int(i) for i in indices)
         if len(indices) != self.num_decisions:
             raise ArchFormatError(
-                f"{type(self).__name__} archs have {self.num_decisions} decisions, got {len(indices)}: {indices}"
+                f"{type(self).__name__} archs have {self.num_decisions} decisions, "
+                f"got {len(indices)}: {indices}"
             )
         for i, d in zip(indices, self.decisions):
             if not 0 <= i < len(d.choices):
-                raise ArchFormatError(f"choice index {i} out of range for decision {d.name!r} ({len(d.choices)} choices)")
+                raise ArchFormatError(
+                    f"choice index {i} out of range for decision {d.name!r} ({len(d.choices)} choices)"
+                )
         return Arch(indices, self.format([d.choices[i] for i, d in zip(indices, self.decisions)]))
 
     def decode(self, text: str | Arch) -> Arch:

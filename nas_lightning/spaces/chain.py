@@ -49,7 +49,8 @@ class ChainSpace(SearchSpace):
 
     def parse(self, text: str) -> list[str]:
         if not (text.startswith("|") and text.endswith("|")) or len(text) < 3:
-            raise ArchFormatError(f"chain arch {text!r} must read '|op|op|...|', e.g. '{self.format(self.ops[:1] * self.num_layers)}'")
+            example = self.format(self.ops[:1] * self.num_layers)
+            raise ArchFormatError(f"chain arch {text!r} must read '|op|op|...|', e.g. {example!r}")
         return text[1:-1].split("|")
 
     def build_supernet(self) -> ChainNetwork:

@@ -64,8 +64,8 @@ def main(mode: str, out: Path) -> None:
     loader = DataLoader(MicroBatches(indices), batch_size=None, shuffle=False)
     trainer.fit(model, train_dataloaders=loader)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"archs": record.archs, "initial": initial, "params": {k: v.detach().clone() for k, v in model.supernet.named_parameters()}},
-               out / f"{mode}_rank{rank}.pt")
+    params = {k: v.detach().clone() for k, v in model.supernet.named_parameters()}
+    torch.save({"archs": record.archs, "initial": initial, "params": params}, out / f"{mode}_rank{rank}.pt")
 
 
 if __name__ == "__main__":

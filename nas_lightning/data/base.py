@@ -1,0 +1,247 @@
+"""Base data module: a seeded supernet-train / supernet-val split of the official training set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+
+from nas_lightning.utils.distributed import derive_seed
+
+
+class TensorImageDataset(Dataset):
+    """Images and labels held as tensors: ``(N, C, H, W)`` (float, or raw ``uint8`` before normalising), ``(N,)``."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"expected images (N, C, H, W) and labels (N,), got {tuple(images.shape)} and "
+                             f"{tuple(labels.shape)}")
+        self.images = images
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        # The DataLoader fetches a whole batch with one gather instead of a Python loop per sample.
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+    def subset(self, indices: torch.Tensor) -> TensorImageDataset:
+        """A copy holding only ``indices``, so later indexing stays a plain tensor lookup."""
+        return TensorImageDataset(self.images[indices], self.labels[indices])
+
+
+def to_normalized_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                        size: int | None = None, chunk: int = 8192) -> torch.Tensor:
+    """``uint8`` ``(N, C, H, W)`` -> normalised float, resized to ``size`` (antialiased bilinear) once up front."""
+    # Folding /255 into the affine map keeps this to two in-place passes over each chunk.
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    shift = -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    out_size = size if size is not None else images.shape[-1]
+    resize = size is not None and tuple(images.shape[-2:]) != (size, size)
+    out = torch.empty(len(images), images.shape[1], out_size, out_size, dtype=torch.float32)
+    # Chunked so resizing 60k images never holds two full float copies.
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].float()
+        if resize:
+            # Antialiasing only matters (and only costs) when shrinking.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=size < max(images.shape[-2:]))
+        out[start:start + chunk] = x.add_(shift).mul_(scale)
+    return out
+
+
+def random_crop_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Batched random crop (zero padding, i.e. the mean after normalisation) and horizontal flip."""
+    n, c, h, w = images.shape
+    if padding > 0:
+        padded = F.pad(images, (padding, padding, padding, padding))
+        dy = torch.randint(0, 2 * padding + 1, (n,))
+        dx = torch.randint(0, 2 * padding + 1, (n,))
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+        images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(n) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def collate_batch(batch: Any) -> Any:
+    """A batch that ``TensorImageDataset.__getitems__`` already gathered passes through; lists of samples
+    from other datasets are collated as usual."""
+    if isinstance(batch, tuple) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
+        return batch
+    return default_collate(batch)
+
+
+class AugmentCollate:
+    """Collate, then augment the whole batch at once (picklable, so it works with worker processes)."""
+
+    def __init__(self, padding: int) -> None:
+        self.padding = padding
+
+    def __call__(self, samples: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = collate_batch(samples)
+        return random_crop_flip(images, self.padding), labels
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A random permutation that depends only on (seed, epoch).
+
+    Lightning calls ``set_epoch`` before every training epoch, so a run resumed at epoch e shuffles
+    exactly as an uninterrupted run does, and every rank draws the same order. (Under DDP Lightning
+    swaps a ``RandomSampler`` for a ``DistributedSampler``, which is epoch-seeded in the same way.)
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(derive_seed(self.seed, "shuffle", epoch))
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """Splits the official training set into supernet-train and supernet-val; the test split is the official one.
+
+    Subclasses set ``num_classes``, ``in_channels`` and ``image_size`` (the effective side) in ``__init__`` and
+    implement ``_load() -> (train_dataset, test_dataset)``. If ``_load`` returns ``TensorImageDataset`` the splits
+    are in-memory tensors; raw ``uint8`` images are normalised with ``mean``/``std`` and resized to ``image_size``
+    after subsetting, so ``train_subset`` also saves the conversion. Other datasets override ``_split_datasets``
+    (see ``ImageFolderDataModule``).
+
+    Args:
+        batch_size: supernet-train batch size (the last incomplete batch is dropped).
+        eval_batch_size: batch size for val/test loaders; defaults to ``batch_size``.
+        num_workers: DataLoader worker processes.
+        val_fraction: fraction of the (subset of the) training set held out as supernet-val, in [0, 1).
+        train_subset: use only this many training images (seeded choice) before splitting.
+        seed: seeds the subset choice, the split and the train shuffling; identical on every rank.
+        image_size: resize images to this side; None keeps the native size.
+        augment: batched random crop + horizontal flip on supernet-train batches.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...] = ()  # per-channel statistics for raw uint8 images
+    std: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        train_subset: int | None = None,
+        seed: int = 0,
+        image_size: int | None = None,
+        augment: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_int("batch_size", batch_size, minimum=1)
+        if eval_batch_size is not None:
+            _check_int("eval_batch_size", eval_batch_size, minimum=1)
+        _check_int("num_workers", num_workers, minimum=0)
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, int | float) or not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+        if train_subset is not None:
+            _check_int("train_subset", train_subset, minimum=1)
+        _check_int("seed", seed, minimum=0)
+        if image_size is not None:
+            _check_int("image_size", image_size, minimum=1)
+        self.batch_size = batch_size
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.num_workers = num_workers
+        self.val_fraction = float(val_fraction)
+        self.train_subset = train_subset
+        self.seed = seed
+        self.image_size = image_size  # subclasses replace None with the native size
+        self.augment = augment
+        self.supernet_train_dataset: Dataset | None = None
+        self.supernet_val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+
+    # -- subclass hooks -------------------------------------------------------------------------------------------
+
+    def _load(self) -> tuple[Dataset, Dataset]:
+        """Return ``(official_train, official_test)``."""
+        raise NotImplementedError
+
+    def _split_datasets(self, train: Dataset, train_idx: torch.Tensor,
+                        val_idx: torch.Tensor) -> tuple[Dataset, Dataset]:
+        if not isinstance(train, TensorImageDataset):
+            raise TypeError(f"{type(self).__name__}._load returned {type(train).__name__}; override _split_datasets")
+        return self._finalize(train.subset(train_idx)), self._finalize(train.subset(val_idx))
+
+    def _finalize(self, dataset: Dataset) -> Dataset:
+        """Normalise and resize raw ``uint8`` tensor images; anything else is returned as is."""
+        if isinstance(dataset, TensorImageDataset) and dataset.images.dtype == torch.uint8:
+            images = to_normalized_float(dataset.images, self.mean, self.std, self.image_size)
+            return TensorImageDataset(images, dataset.labels)
+        return dataset
+
+    # -- split ----------------------------------------------------------------------------------------------------
+
+    def split_indices(self, num_train: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(supernet_train_idx, supernet_val_idx)`` into the official training set; a pure function of the seed."""
+        perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(self.seed))
+        if self.train_subset is not None:
+            if self.train_subset > num_train:
+                raise ValueError(f"train_subset={self.train_subset} exceeds the {num_train} training images")
+            perm = perm[:self.train_subset]
+        num_val = round(self.val_fraction * len(perm))
+        return perm[num_val:], perm[:num_val]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.test_dataset is not None:  # idempotent: Lightning calls setup once per stage
+            return
+        train, test = self._load()
+        train_idx, val_idx = self.split_indices(len(train))
+        if len(train_idx) < self.batch_size:
+            raise ValueError(f"supernet-train has {len(train_idx)} images, fewer than batch_size={self.batch_size} "
+                             "(every batch would be dropped); lower batch_size or val_fraction")
+        self.supernet_train_dataset, self.supernet_val_dataset = self._split_datasets(train, train_idx, val_idx)
+        self.test_dataset = self._finalize(test)
+
+    # -- loaders --------------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset | None, name: str, **kwargs: Any) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{name} is not set up: call setup() first")
+        kwargs.setdefault("collate_fn", collate_batch)
+        return DataLoader(dataset, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0, **kwargs)
+
+    def _train_collate(self) -> AugmentCollate | None:
+        if not self.augment:
+            return None
+        return AugmentCollate(padding=max(1, self.image_size // 8))  # 4 px at 32x32, as in the CIFAR recipe
+
+    def train_dataloader(self) -> DataLoader:
+        # Every rank and every call sees the same batch order; each epoch's order depends on (seed, epoch).
+        dataset = self.supernet_train_dataset
+        if dataset is None:
+            raise RuntimeError("supernet_train_dataset is not set up: call setup() first")
+        return self._loader(dataset, "supernet_train_dataset", batch_size=self.batch_size, drop_last=True,
+                            sampler=EpochSeededRandomSampler(dataset, self.seed),
+                            collate_fn=self._train_collate() or collate_batch)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.supernet_val_dataset, "supernet_val_dataset", batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test_dataset", batch_size=self.eval_batch_size)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
