@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
 from nas_lightning.methods.supernet_module import SupernetModule
@@ -63,7 +64,7 @@ class EvolutionSearch(pl.Callback):
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "search")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn != "validate" or trainer.sanity_checking:
+        if trainer.state.fn != TrainerFn.VALIDATING or trainer.sanity_checking:
             return
         if not isinstance(pl_module, SupernetModule):
             raise TypeError(f"EvolutionSearch needs a SupernetModule method, got {type(pl_module).__name__}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
 from nas_lightning.methods.supernet_module import SupernetModule
@@ -108,7 +109,7 @@ class RankingEvaluation(pl.Callback):
     def _due(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
             return False
-        if trainer.state.fn != "fit":
+        if trainer.state.fn != TrainerFn.FITTING:
             return True
         last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) and trainer.max_epochs not in (None, -1)
         return last or (self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
@@ -119,7 +120,7 @@ class RankingEvaluation(pl.Callback):
         assert isinstance(pl_module, SupernetModule)
         inherited = pl_module.evaluate(self.archs).accuracy.tolist()
         summary, rows = ranking_report(pl_module.space, self.gt, self.archs, inherited, self.k)
-        summary.update(epoch=trainer.current_epoch, global_step=trainer.global_step, stage=str(trainer.state.fn))
+        summary.update(epoch=trainer.current_epoch, global_step=trainer.global_step, stage=trainer.state.fn.value)
         self.last_summary = summary
         logged = {f"rank/{name}": v for name, v in summary["supernet"].items() if not math.isnan(v)}
         logged.update({f"rank/{p}_kendall_tau": m["kendall_tau"] for p, m in summary["proxies"].items()})
@@ -132,7 +133,7 @@ class RankingEvaluation(pl.Callback):
 
     def _write(self, trainer: pl.Trainer, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "ranking")
-        tag = f"{trainer.state.fn}_epoch{trainer.current_epoch}"
+        tag = f"{trainer.state.fn.value}_epoch{trainer.current_epoch}"
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
         writer.writeheader()
