@@ -39,3 +39,11 @@ def test_ddp_matches_single_process_accumulation(tmp_path: Path) -> None:
     for name, p in single["params"].items():
         torch.testing.assert_close(r0["params"][name], p, rtol=1e-4, atol=1e-5, msg=name)
         torch.testing.assert_close(r1["params"][name], r0["params"][name], rtol=0, atol=0, msg=name)
+
+    # Both ranks ran the identical evolutionary search, and it equals the single process's search on
+    # all the batches (eval-batch BN statistics do not depend on how batches are spread over ranks).
+    assert r0["search"] is not None and r0["search"]["scores"]
+    assert r0["search"] == r1["search"]
+    assert [a for a, _ in r0["search"]["top"]] == [a for a, _ in single["search"]["top"]]
+    for (_, s0), (_, s1) in zip(r0["search"]["top"], single["search"]["top"]):
+        assert abs(s0 - s1) < 1e-3

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from callbacks import EvolutionSearch
 from nas_lightning.methods import SPOS
 from nas_lightning.spaces import NB201Space
 
@@ -52,7 +53,7 @@ def main(mode: str, out: Path) -> None:
     initial = {k: v.detach().clone() for k, v in model.supernet.named_parameters()}
     record = RecordArchs()
     kwargs = dict(max_steps=STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                  enable_progress_bar=False, enable_model_summary=False,
                   use_distributed_sampler=False, callbacks=[record])
     if mode == "ddp":
         trainer = pl.Trainer(devices=WORLD, strategy="ddp_find_unused_parameters_true", **kwargs)
@@ -65,7 +66,18 @@ def main(mode: str, out: Path) -> None:
     trainer.fit(model, train_dataloaders=loader)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: v.detach().clone() for k, v in model.supernet.named_parameters()}
-    torch.save({"archs": record.archs, "initial": initial, "params": params}, out / f"{mode}_rank{rank}.pt")
+
+    # The search state: an evolution whose scores are summed over ranks, each rank on its shard.
+    search = EvolutionSearch(population=6, generations=2, topk=3, num_mutation=3, num_crossover=3,
+                             output_dir=str(out / f"search_{mode}"), resume=False, progress=False)
+    trainer.callbacks.append(search)
+    gen = torch.Generator().manual_seed(5)
+    val = [(torch.randn(16, 1, 8, 8, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(4)]
+    shard = val[rank::WORLD] if mode == "ddp" else val
+    trainer.validate(model, dataloaders=DataLoader(shard, batch_size=None), verbose=False)
+    result = search.result.to_dict() if search.result else None
+    torch.save({"archs": record.archs, "initial": initial, "params": params, "search": result},
+               out / f"{mode}_rank{rank}.pt")
 
 
 if __name__ == "__main__":
