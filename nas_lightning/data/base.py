@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
-
-from nas_lightning.utils.distributed import derive_seed
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 
 class TensorImageDataset(Dataset):
@@ -92,21 +90,49 @@ class AugmentCollate:
         return random_crop_flip(images, self.padding), labels
 
 
-class EpochSeededRandomSampler(RandomSampler):
-    """A random permutation that depends only on (seed, epoch).
+class ResumableSampler(DistributedSampler):
+    """The supernet-train order: a permutation seeded by (seed, epoch), sharded over ranks, that can
+    start mid-epoch.
 
-    Lightning calls ``set_epoch`` before every training epoch, so a run resumed at epoch e shuffles
-    exactly as an uninterrupted run does, and every rank draws the same order. (Under DDP Lightning
-    swaps a ``RandomSampler`` for a ``DistributedSampler``, which is epoch-seeded in the same way.)
+    Lightning calls ``set_epoch`` before every epoch, so each epoch's order depends only on (seed,
+    epoch) and is the same on every rank (each rank takes its own slice). ``resume_from`` skips the
+    samples this rank already trained on in that epoch, so a run resumed from a mid-epoch checkpoint
+    sees exactly the batches an uninterrupted run would have seen. Being a ``DistributedSampler``,
+    Lightning keeps it under DDP instead of swapping in its own.
     """
 
-    def __init__(self, data_source: Dataset, seed: int) -> None:
-        super().__init__(data_source, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._resume: tuple[int, int] | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(derive_seed(self.seed, "shuffle", epoch))
+    def resume_from(self, epoch: int, samples_seen: int) -> None:
+        self._resume = (epoch, samples_seen)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1]:]
+            self._resume = None
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A train loader whose position is part of the checkpoint (Lightning saves ``state_dict`` of
+    loaders that have one, and calls ``load_state_dict`` when it restarts mid-epoch)."""
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        assert isinstance(sampler, ResumableSampler)
+        return {"epoch": sampler.epoch, "samples_seen": self._batches_done() * (self.batch_size or 1)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        assert isinstance(sampler, ResumableSampler)
+        sampler.resume_from(int(state["epoch"]), int(state["samples_seen"]))
 
 
 class SplitDataModule(pl.LightningDataModule):
@@ -227,13 +253,24 @@ class SplitDataModule(pl.LightningDataModule):
         return AugmentCollate(padding=max(1, self.image_size // 8))  # 4 px at 32x32, as in the CIFAR recipe
 
     def train_dataloader(self) -> DataLoader:
-        # Every rank and every call sees the same batch order; each epoch's order depends on (seed, epoch).
         dataset = self.supernet_train_dataset
         if dataset is None:
             raise RuntimeError("supernet_train_dataset is not set up: call setup() first")
-        return self._loader(dataset, "supernet_train_dataset", batch_size=self.batch_size, drop_last=True,
-                            sampler=EpochSeededRandomSampler(dataset, self.seed),
-                            collate_fn=self._train_collate() or collate_batch)
+        trainer = self.trainer
+        sampler = ResumableSampler(dataset, self.seed, num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0)
+        return ResumableDataLoader(
+            dataset, batch_size=self.batch_size, drop_last=True, sampler=sampler,
+            collate_fn=self._train_collate() or collate_batch, num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
+            batches_done=self._train_batches_done,
+        )
+
+    def _train_batches_done(self) -> int:
+        # Batches of the current epoch already trained on: the checkpoint is written after batch k's
+        # step (processed = k + 1) or at the end of the epoch.
+        trainer = self.trainer
+        return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.supernet_val_dataset, "supernet_val_dataset", batch_size=self.eval_batch_size)
