@@ -14,6 +14,7 @@ quickstart: data
 	@bash scripts/quickstart.sh
 
 test: data
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 lint: setup

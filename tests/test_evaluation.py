@@ -14,18 +14,18 @@ def batches(n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 5, (16,), generator=g)) for _ in range(n)]
 
 
-def setup() -> tuple[NB201Space, nn.Module, list]:
+def setup() -> tuple[nn.Module, list]:
     torch.manual_seed(0)
     space = NB201Space(C=4, N=1, num_classes=5, in_channels=1, input_size=8)
     supernet = space.build_supernet()
     supernet.train()
     for x, _ in batches(3, 9):  # give the shared running statistics some (arch-mixed) values
         supernet(x, space.sample(torch.Generator().manual_seed(int(x.sum().abs() * 100) % 1000)))
-    return space, supernet, space.sample_many(4, torch.Generator().manual_seed(2))
+    return supernet, space.sample_many(4, torch.Generator().manual_seed(2))
 
 
 def test_batch_statistics_mode_matches_exported_network_in_train_mode() -> None:
-    space, supernet, archs = setup()
+    supernet, archs = setup()
     before = {k: v.clone() for k, v in supernet.state_dict().items()}
     val = batches(3, 1)
     totals = evaluate_archs(supernet, archs, val)
@@ -40,7 +40,7 @@ def test_batch_statistics_mode_matches_exported_network_in_train_mode() -> None:
 
 
 def test_recalibration_matches_exact_statistics_on_the_calibration_batches() -> None:
-    space, supernet, archs = setup()
+    supernet, archs = setup()
     val, calib = batches(3, 1), batches(2, 5)
     totals = evaluate_archs(supernet, archs, val, calib)
     for i, arch in enumerate(archs):
