@@ -10,7 +10,10 @@ expected to beat, beside what the params and FLOPs proxies achieve against the G
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -68,6 +71,37 @@ def _append_run(path: Path, record: dict[str, object]) -> None:
         os.fsync(f.fileno())
 
 
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """One Trainer per run: Lightning's per-Trainer banners would bury the progress bar."""
+    loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _train_runs(space: SearchSpace, data: SplitDataModule, todo: list[tuple[Arch, int]],
+                done: dict[tuple[str, int], float], runs_path: Path, max_epochs: int, optimizer: OptimizerCallable,
+                lr_scheduler: LRSchedulerCallable | None, split: str, accelerator: str, precision: str,
+                progress: bool) -> None:
+    for arch, seed in tqdm(todo, desc="stand-alone runs", disable=not progress):
+        pl.seed_everything(seed, verbose=False)
+        model = StandaloneModule(space, str(arch), optimizer, lr_scheduler)
+        trainer = pl.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, precision=precision,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(model, datamodule=data)
+        run = trainer.validate if split == "val" else trainer.test
+        acc = float(run(model, datamodule=data, verbose=False)[0][f"{split}/acc"]) * 100.0
+        done[(str(arch), seed)] = acc
+        _append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, "epochs": max_epochs})
+
+
 def ground_truth(
     space: SearchSpace,
     data: SplitDataModule,
@@ -109,19 +143,12 @@ def ground_truth(
     done = _load_runs(runs_path)
     todo = [(a, s) for a in chosen for s in seeds if (str(a), s) not in done]
     print(f"ground truth: {len(chosen)} archs x {len(seeds)} seeds; {len(done)} runs done, {len(todo)} to go")
-    for arch, seed in tqdm(todo, desc="stand-alone runs", disable=not progress):
-        pl.seed_everything(seed, verbose=False)
-        model = StandaloneModule(space, str(arch), optimizer, lr_scheduler)
-        trainer = pl.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, precision=precision,
-                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
-        trainer.fit(model, datamodule=data)
-        run = trainer.validate if split == "val" else trainer.test
-        acc = float(run(model, datamodule=data, verbose=False)[0][f"{split}/acc"]) * 100.0
-        done[(str(arch), seed)] = acc
-        _append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, "epochs": max_epochs})
+    with _quiet_lightning():
+        _train_runs(space, data, todo, done, runs_path, max_epochs, optimizer, lr_scheduler, split, accelerator,
+                    precision, progress)
 
     per_seed = {a: [done[(str(a), s)] for s in seeds] for a in chosen}
+
     gt = GroundTruth(accuracy={a: sum(v) / len(v) for a, v in per_seed.items()}, per_seed=per_seed,
                      source=str(out))
     save_ground_truth(out, gt, space)
