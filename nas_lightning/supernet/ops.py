@@ -64,11 +64,6 @@ def _conv5(C: int, affine: bool) -> nn.Module:
     return ReLUConvBN(C, C, 5, affine=affine)
 
 
-@OPS.register("dil_conv_3x3")
-def _dil3(C: int, affine: bool) -> nn.Module:
-    return ReLUConvBN(C, C, 3, dilation=2, affine=affine)
-
-
 @OPS.register("avg_pool_3x3")
 def _avg(C: int, affine: bool) -> nn.Module:
     return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
