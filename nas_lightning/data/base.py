@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -135,7 +136,7 @@ class ResumableDataLoader(DataLoader):
         sampler.resume_from(int(state["epoch"]), int(state["samples_seen"]))
 
 
-class SplitDataModule(pl.LightningDataModule):
+class SplitDataModule(pl.LightningDataModule, ABC):
     """Splits the official training set into supernet-train and supernet-val; the test split is the official one.
 
     Subclasses set ``num_classes``, ``in_channels`` and ``image_size`` (the effective side) in ``__init__`` and
@@ -198,9 +199,9 @@ class SplitDataModule(pl.LightningDataModule):
 
     # -- subclass hooks -------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def _load(self) -> tuple[Dataset, Dataset]:
         """Return ``(official_train, official_test)``."""
-        raise NotImplementedError
 
     def _split_datasets(self, train: Dataset, train_idx: torch.Tensor,
                         val_idx: torch.Tensor) -> tuple[Dataset, Dataset]:
