@@ -18,6 +18,8 @@ def test_round_trip_string_dict_tensor(small_space: SearchSpace, generator: torc
 
 
 def test_enumerate_and_arch_at_agree(small_space: SearchSpace) -> None:
+    if small_space.num_archs > 100_000:
+        pytest.skip(f"{small_space.num_archs} archs are too many to enumerate")
     archs = list(small_space.enumerate())
     assert len(archs) == len(set(archs)) == small_space.num_archs
     for i in (0, 1, small_space.num_archs // 2, small_space.num_archs - 1):

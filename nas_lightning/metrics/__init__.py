@@ -1,14 +1,30 @@
-"""Ranking metrics and ground-truth tables for judging how well a supernet ranks archs."""
+"""Ranking metrics, ground-truth tables and performance-disturbance measurements."""
 
+from nas_lightning.metrics.disturbance import (
+    DisturbanceMatrix,
+    disturbance_matrix,
+    epoch_ktau,
+    epoch_metrics,
+    gt_tau,
+    performance_change,
+    save_disturbance_matrix,
+)
 from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load_ground_truth, save_ground_truth
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics, seed_to_seed_tau
 
 __all__ = [
+    "DisturbanceMatrix",
     "GroundTruth",
     "check_coverage",
     "cost_proxy_metrics",
+    "disturbance_matrix",
+    "epoch_ktau",
+    "epoch_metrics",
+    "gt_tau",
     "load_ground_truth",
+    "performance_change",
     "ranking_metrics",
+    "save_disturbance_matrix",
     "save_ground_truth",
     "seed_to_seed_tau",
 ]

@@ -3,6 +3,17 @@
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
 from nas_lightning.spaces.chain import ChainSpace
+from nas_lightning.spaces.darts import DARTS_V2_GENOTYPE, DartsSpace
 from nas_lightning.spaces.nb201 import NB201_OPS, NB201Space
 
-__all__ = ["NB201_OPS", "Arch", "ArchFormatError", "ChainSpace", "Decision", "NB201Space", "SearchSpace"]
+__all__ = [
+    "DARTS_V2_GENOTYPE",
+    "NB201_OPS",
+    "Arch",
+    "ArchFormatError",
+    "ChainSpace",
+    "DartsSpace",
+    "Decision",
+    "NB201Space",
+    "SearchSpace",
+]
