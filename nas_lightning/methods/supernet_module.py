@@ -91,6 +91,11 @@ class SupernetModule(NASModule):
         self.log_dict({"val/acc_mean": acc.mean(), "val/acc_max": acc.max(), "val/acc_min": acc.min()},
                       prog_bar=True, rank_zero_only=True)
 
+    @property
+    def val_batches(self) -> list[Batch]:
+        """The validation batches of the latest validation epoch (this rank's shard)."""
+        return self._val_batches
+
     def calibration_batches(self) -> list[Batch]:
         """The first K supernet-train batches, drawn the same way on every rank."""
         if self.bn_recalibration == 0:

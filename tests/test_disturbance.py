@@ -1,0 +1,300 @@
+"""Performance-disturbance metrics (DI-NAS section 5.3): the pure functions against hand-worked numbers
+and scipy, the disturbance matrix's semantics, and the DisturbanceMetrics callback during SPOS fit."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from callbacks.disturbance_metrics import DisturbanceMetrics, draw_archs
+from nas_lightning.data import SyntheticDataModule
+from nas_lightning.evaluation import evaluate_archs
+from nas_lightning.methods import SPOS
+from nas_lightning.metrics.disturbance import (
+    disturbance_matrix,
+    epoch_ktau,
+    epoch_metrics,
+    gt_tau,
+    performance_change,
+    save_disturbance_matrix,
+)
+from nas_lightning.spaces import ChainSpace
+from nas_lightning.utils import step_generator
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny tensors gain nothing from threads, and on a small shared machine they oversubscribe it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def space() -> ChainSpace:
+    return ChainSpace(num_layers=2, ops=("nor_conv_1x1", "nor_conv_3x3", "skip_connect"), C=6, num_classes=4,
+                      in_channels=1, input_size=8)
+
+
+def data() -> SyntheticDataModule:
+    return SyntheticDataModule(num_classes=4, in_channels=1, image_size=8, num_train=128, num_test=32,
+                               batch_size=32, val_fraction=0.25, noise=0.8, seed=0)
+
+
+def model() -> SPOS:
+    return SPOS(space(), seed=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), num_eval_archs=0)
+
+
+def batches(n: int, seed: int, size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 1, 8, 8, generator=g), torch.randint(0, 4, (size,), generator=g)) for _ in range(n)]
+
+
+# --- pure functions ------------------------------------------------------------------------------------
+
+
+def test_performance_change_is_the_mean_absolute_change() -> None:
+    # |50-55| + |60-60| + |70-65| + |40-48| = 18 over 4 archs.
+    assert performance_change([50.0, 60.0, 70.0, 40.0], [55.0, 60.0, 65.0, 48.0]) == pytest.approx(4.5)
+    assert performance_change(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.0
+    with pytest.raises(ValueError, match="same archs"):
+        performance_change([1.0, 2.0], [1.0])
+
+
+def test_epoch_ktau_and_gt_tau_are_kendall_tau_b() -> None:
+    # One swapped pair out of 6: (5 concordant - 1 discordant) / 6.
+    assert epoch_ktau([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(2 / 3)
+    g = torch.Generator().manual_seed(0)
+    now = torch.randint(0, 6, (40,), generator=g).double()  # ties, as accuracies on a small val set have
+    before = now + torch.randint(-2, 3, (40,), generator=g).double()
+    assert epoch_ktau(now, before) == pytest.approx(stats.kendalltau(now, before).statistic, abs=1e-6)
+    assert gt_tau(now, before) == pytest.approx(stats.kendalltau(now, before).statistic, abs=1e-6)
+    assert math.isnan(epoch_ktau([3.0, 3.0, 3.0], [1.0, 2.0, 3.0]))
+
+
+def test_epoch_metrics_compare_with_epoch_t_minus_d() -> None:
+    history = {0: [10.0, 20.0, 30.0], 1: [12.0, 18.0, 30.0], 2: [30.0, 20.0, 10.0]}
+    first = epoch_metrics(history, 0, interval=1)
+    assert math.isnan(first["performance_change"]) and math.isnan(first["ktau"])
+    assert epoch_metrics(history, 2, interval=2)["performance_change"] == pytest.approx(40 / 3)
+    assert epoch_metrics(history, 2, interval=2)["ktau"] == pytest.approx(-1.0)
+    # Against GT (3, 1, 2): pairs (0,1) and (0,2) discordant, (1,2) concordant.
+    assert epoch_metrics(history, 1, interval=1, gt_acc=[3.0, 1.0, 2.0])["gt_tau"] == pytest.approx(-1 / 3)
+
+
+# --- the disturbance matrix ----------------------------------------------------------------------------
+
+
+def test_matrix_with_lr_zero_repeats_the_initial_accuracies_and_leaves_the_supernet_alone() -> None:
+    torch.manual_seed(0)
+    sp = space()
+    net = sp.build_supernet()
+    archs = draw_archs(sp, 4, step_generator(0, "m", 0))
+    val = batches(2, seed=1)
+    result = disturbance_matrix(net, archs, batches(3, seed=2), val, lambda p: torch.optim.SGD(p, lr=0.0))
+    assert result.before.shape == (4,) and result.after.shape == (4, 4) and result.table().shape == (4, 5)
+    assert torch.equal(result.after, result.before[:, None].expand(4, 4))
+    torch.testing.assert_close(result.before, evaluate_archs(net, archs, val).accuracy.double(), rtol=0, atol=1e-12)
+
+
+def test_matrix_entry_i_j_is_arch_i_right_after_arch_j_was_trained() -> None:
+    torch.manual_seed(0)
+    sp = space()
+    net = sp.build_supernet()
+    original = copy.deepcopy(net.state_dict())
+    archs = draw_archs(sp, 3, step_generator(0, "m", 0))
+    train, val = batches(4, seed=2), batches(2, seed=1)
+
+    def sgd(p):
+        return torch.optim.SGD(p, lr=0.5, momentum=0.9)
+
+    result = disturbance_matrix(net, archs, train, val, sgd, steps_per_arch=2)
+    # The real supernet's weights and BN buffers are untouched, and it got no gradients.
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, original[k]), k
+    assert all(p.grad is None for p in net.parameters())
+
+    # The same experiment by hand: a_j trains on batches 2j, 2j+1 (cycling), then every arch is evaluated.
+    ref, opt, step = copy.deepcopy(net), None, 0
+    opt = sgd(ref.parameters())
+    for j, arch in enumerate(archs):
+        ref.train()
+        for _ in range(2):
+            x, y = train[step % len(train)]
+            step += 1
+            opt.zero_grad()
+            F.cross_entropy(ref(x, arch), y).backward()
+            opt.step()
+        torch.testing.assert_close(result.after[:, j], evaluate_archs(ref, archs, val).accuracy.double())
+    assert not torch.equal(result.after[:, -1], result.before), "training moved nothing: the check proves nothing"
+
+    # The DDP path (gradients averaged, totals summed) with two identical "ranks" gives the same matrix.
+    doubled = disturbance_matrix(net, archs, train, val, sgd, steps_per_arch=2, reduce_sum=lambda t: 2 * t,
+                                 world_size=2)
+    torch.testing.assert_close(doubled.table(), result.table())
+
+
+def test_matrix_files_are_a_csv_and_a_png(tmp_path: Path) -> None:
+    sp = space()
+    archs = draw_archs(sp, 3, step_generator(0, "m", 0))
+    result = disturbance_matrix(sp.build_supernet(), archs, batches(1, 2), batches(1, 1),
+                                lambda p: torch.optim.SGD(p, lr=0.1))
+    csv_path, png_path = save_disturbance_matrix(result, tmp_path / "out" / "matrix")
+    rows = list(csv.reader(csv_path.open()))
+    assert rows[0] == ["arch", "before", "after_0", "after_1", "after_2"]
+    assert [r[0] for r in rows[1:]] == [str(a) for a in archs]
+    assert torch.tensor([[float(v) for v in r[1:]] for r in rows[1:]], dtype=torch.float64).equal(result.table())
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 1000
+    assert sorted(p.name for p in png_path.parent.iterdir()) == ["matrix.csv", "matrix.png"]  # no temp files left
+
+
+# --- the callback --------------------------------------------------------------------------------------
+
+
+def fit(root: Path, callbacks: list[pl.Callback], epochs: int = 3, ckpt_path: str | None = None,
+        seed: int = 0) -> tuple[SPOS, pl.Trainer]:
+    pl.seed_everything(seed, verbose=False)
+    m = model()
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+                         callbacks=callbacks)
+    trainer.fit(m, datamodule=data(), ckpt_path=ckpt_path)
+    return m, trainer
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_callback_logs_and_writes_the_section_5_3_metrics(tmp_path: Path) -> None:
+    archs = list(space().enumerate())
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps({str(a): 50.0 + 3 * i for i, a in enumerate(archs)}))
+    out = tmp_path / "dist"
+    cb = DisturbanceMetrics(num_archs=6, ground_truth=str(gt_path), matrix_archs=3, matrix_at="every",
+                            output_dir=str(out))
+    m, trainer = fit(tmp_path, [cb])
+
+    assert len(cb.archs) == 6 and len(set(cb.archs)) == 6 and set(cb.archs) <= set(archs)
+    assert sorted(cb.history) == [0, 1, 2]
+    history = read(out / "disturbance_history.csv")
+    assert list(history[0]) == ["arch", "gt_accuracy", "epoch_0", "epoch_1", "epoch_2"]
+    assert [r["arch"] for r in history] == [str(a) for a in cb.archs]
+    acc = {e: [float(r[f"epoch_{e}"]) for r in history] for e in range(3)}
+    gt = [float(r["gt_accuracy"]) for r in history]
+    # The last epoch's numbers are the evaluator's on the validation data with the final weights.
+    d = data()
+    d.setup("fit")
+    final = evaluate_archs(m.supernet, cb.archs, list(d.val_dataloader())).accuracy
+    assert acc[2] == pytest.approx(final.tolist(), abs=1e-9)
+
+    metrics = read(out / "disturbance_metrics.csv")
+    assert [int(r["epoch"]) for r in metrics] == [0, 1, 2] and math.isnan(float(metrics[0]["performance_change"]))
+    for e in (1, 2):
+        change = sum(abs(a - b) for a, b in zip(acc[e], acc[e - 1])) / 6
+        assert float(metrics[e]["performance_change"]) == pytest.approx(change, abs=1e-9)
+        want_tau = stats.kendalltau(acc[e], acc[e - 1]).statistic
+        if not math.isnan(want_tau):
+            assert float(metrics[e]["ktau"]) == pytest.approx(want_tau, abs=1e-6)
+    assert trainer.logged_metrics["disturbance/performance_change"].item() == pytest.approx(change, abs=1e-5)
+    want_gt_tau = stats.kendalltau(acc[2], gt).statistic
+    assert float(metrics[2]["gt_tau"]) == pytest.approx(want_gt_tau, abs=1e-6)
+    if not math.isnan(want_gt_tau):
+        assert trainer.logged_metrics["disturbance/gt_tau"].item() == pytest.approx(want_gt_tau, abs=1e-5)
+
+    for e in range(3):
+        rows = list(csv.reader((out / f"disturbance_matrix_epoch{e}.csv").open()))
+        assert len(rows) == 4 and all(len(r) == 5 for r in rows)
+        assert (out / f"disturbance_matrix_epoch{e}.png").stat().st_size > 1000
+    assert cb.last_matrix is not None and cb.last_matrix.after.shape == (3, 3)
+
+
+def test_matrix_does_not_disturb_the_training_run(tmp_path: Path) -> None:
+    plain, _ = fit(tmp_path / "plain", [], epochs=2)
+    measured, _ = fit(tmp_path / "measured", [DisturbanceMetrics(num_archs=3, matrix_archs=3, matrix_at="every",
+                                                                 output_dir=str(tmp_path / "d"))], epochs=2)
+    assert (tmp_path / "d" / "disturbance_matrix_epoch1.csv").exists()
+    for (name, p), q in zip(plain.supernet.state_dict().items(), measured.supernet.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_resume_restores_the_history(tmp_path: Path) -> None:
+    full = DisturbanceMetrics(num_archs=5, output_dir=str(tmp_path / "full"))
+    fit(tmp_path / "full", [full])
+
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    fit(tmp_path / "a", [DisturbanceMetrics(num_archs=5, output_dir=str(tmp_path / "a")), ckpt], epochs=1)
+    resumed = DisturbanceMetrics(num_archs=5, output_dir=str(tmp_path / "b"))
+    fit(tmp_path / "b", [resumed], ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"), seed=123)
+
+    assert sorted(resumed.history) == [0, 1, 2] and resumed.global_steps == full.global_steps
+    for e in range(3):
+        assert resumed.history[e] == pytest.approx(full.history[e], abs=1e-6)
+    # The resumed run's CSV covers the epochs before the crash too, with the same numbers.
+    got, want = (read(tmp_path / d / "disturbance_metrics.csv") for d in ("b", "full"))
+    assert [list(r) for r in got] == [list(r) for r in want]
+    for r, w in zip(got, want):
+        assert [float(v) for v in r.values()] == pytest.approx([float(v) for v in w.values()], abs=1e-6, nan_ok=True)
+
+    # A history over other archs (the space or the GT file changed under the same state key) is refused.
+    other = DisturbanceMetrics(num_archs=5)
+    other.archs = full.archs[::-1]
+    with pytest.raises(ValueError, match="another arch set"):
+        other.load_state_dict(full.state_dict())
+
+
+def test_bad_arguments_name_the_value() -> None:
+    with pytest.raises(ValueError, match="num_archs"):
+        DisturbanceMetrics(num_archs=1)
+    with pytest.raises(ValueError, match="interval"):
+        DisturbanceMetrics(interval=0)
+    with pytest.raises(ValueError, match="matrix_at"):
+        DisturbanceMetrics(matrix_at="sometimes")  # type: ignore[arg-type]
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    import pytorch_lightning as pl
+    import torch
+    sys.path.insert(0, sys.argv[2])
+    from test_disturbance import data, model
+    from callbacks.disturbance_metrics import DisturbanceMetrics
+
+    out = Path(sys.argv[1])
+    pl.seed_everything(0, verbose=False)
+    cb = DisturbanceMetrics(num_archs=4, matrix_archs=2, output_dir=str(out / "files"))
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[cb])
+    trainer.fit(model(), datamodule=data())
+    torch.save({"history": cb.history, "matrix": cb.last_matrix.table()}, out / f"rank{trainer.global_rank}.pt")
+""")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_on_history_and_matrix(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_disturbance.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert sorted(r0["history"]) == [0, 1] and r0["history"] == r1["history"]
+    assert r0["matrix"].shape == (2, 3) and torch.equal(r0["matrix"], r1["matrix"])
+    assert (tmp_path / "files" / "disturbance_matrix_end.png").exists()
