@@ -1,0 +1,109 @@
+"""The measured latency lookup table: composition by hand, save/load, metadata checks, end-to-end agreement."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import nas_lightning.latency.table as table_module
+from nas_lightning.latency.table import LatencyTable, LatencyTableMismatch, measure_latency
+from nas_lightning.spaces.mobilenet import MobileNetSpace
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    # one intra-op thread: the "thread" timer needs it, and two threads spin on a loaded 2-core machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**kwargs: object) -> MobileNetSpace:
+    args = {"width_mult": 0.25, "num_classes": 5, "input_size": 16, "depths": [2, 1, 1, 1, 1, 1]} | kwargs
+    return MobileNetSpace(**args)  # type: ignore[arg-type]
+
+
+def test_latency_is_the_sum_of_the_chosen_entries_and_the_fixed_parts(tmp_path: Path) -> None:
+    space = tiny()
+    # a hand-made table: entry of op number i at layer d is 100 * d + i, stem 0.5, head 0.25
+    layers = [{op: 100.0 * d + i for i, op in enumerate(dec.choices)} for d, dec in enumerate(space.decisions)]
+    table = {"metadata": {"space": space.config(), "batch_size": 4, "device_type": "cpu", "timer": "wall"},
+             "fixed": {"stem": 0.5, "head": 0.25}, "layers": layers}
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(table))
+    model = LatencyTable(space, path=str(path), batch_size=4)
+    arch = space.decode("MBConv_6_3-Identity|MBConv_1_3|MBConv_1_7|MBConv_3_5|MBConv_6_7|MBConv_1_5")
+    assert arch.indices == (2, 9, 0, 6, 4, 8, 3)  # positions in MOBILENET_SMALL_OPS (Table 4 order)
+    assert model(arch) == pytest.approx(0.75 + 2 + 109 + 200 + 306 + 404 + 508 + 603)
+    archs = space.sample_many(20, torch.Generator().manual_seed(0))
+    batched = model.batch(space.to_tensor(archs))
+    assert batched.tolist() == pytest.approx([model(a) for a in archs])
+    assert LatencyTable.from_dict(space, table)(arch) == model(arch)
+
+
+def test_measure_save_and_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    space = tiny()
+    path = tmp_path / "sub" / "table.json"
+    measured = LatencyTable(space, path=str(path), batch_size=2, repeats=3, warmup=1)
+    stored = json.loads(path.read_text())
+    meta = stored["metadata"]
+    assert meta["batch_size"] == 2 and meta["device_type"] == "cpu" and meta["torch"] == torch.__version__
+    assert meta["input_shape"] == [3, 16, 16] and meta["space"] == space.config() and meta["repeats"] == 3
+    assert [set(layer) for layer in stored["layers"]] == [set(d.choices) for d in space.decisions]
+    assert set(stored["fixed"]) == {"stem", "head"}
+    assert all(v > 0 for layer in stored["layers"] for v in layer.values())
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically, no leftovers
+
+    def no_measuring(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an existing table must be loaded, not measured again")
+
+    monkeypatch.setattr(table_module, "measure_table", no_measuring)
+    loaded = LatencyTable(space, path=str(path), batch_size=2)
+    for arch in space.sample_many(10, torch.Generator().manual_seed(1)):
+        assert loaded(arch) == measured(arch)
+
+
+def test_a_table_for_another_config_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "table.json"
+    LatencyTable(tiny(), path=str(path), batch_size=2, repeats=1, warmup=0)
+    with pytest.raises(LatencyTableMismatch, match=r"width_mult=0\.25 \(space has 0\.5\)"):
+        LatencyTable(tiny(width_mult=0.5), path=str(path), batch_size=2)
+    with pytest.raises(LatencyTableMismatch, match=r"depths=\[2, 1, 1, 1, 1, 1\] \(space has \[1, 1, 1, 1, 1, 1\]\)"):
+        LatencyTable(tiny(depths=[1, 1, 1, 1, 1, 1]), path=str(path), batch_size=2)
+    with pytest.raises(LatencyTableMismatch, match=r"batch_size=2 \(asked for 16\)"):
+        LatencyTable(tiny(), path=str(path), batch_size=16)
+    with pytest.raises(LatencyTableMismatch, match="variant"):
+        LatencyTable.from_dict(tiny(variant="large"), json.loads(path.read_text()))
+
+
+def test_thread_timer_needs_one_thread() -> None:
+    torch.set_num_threads(2)
+    with pytest.raises(ValueError, match="set_num_threads"):
+        LatencyTable(tiny(), timer="thread", repeats=1, warmup=0)
+
+
+def test_table_predicts_end_to_end_latency() -> None:
+    """The sum of isolated entries is within 25% of the stand-alone net's measured latency.
+
+    Timed as CPU time of the one thread (``timer="thread"``): the test machine is shared, and on it the
+    wall clock of a whole-network run includes the time other processes hold the core, which the short
+    table entries mostly escape. Summed over five archs; measured again if the first try is off (load
+    bursts), but every try compares a fresh table with fresh end-to-end timings.
+    """
+    space = MobileNetSpace(width_mult=0.5, num_classes=10, input_size=32, depths=[1, 1, 1, 1, 1, 1])
+    archs = space.sample_many(5, torch.Generator().manual_seed(0))
+    nets = [space.build_network(a) for a in archs]
+    ratios = []
+    for _ in range(3):
+        table = LatencyTable(space, batch_size=8, repeats=9, warmup=2, timer="thread")
+        predicted = sum(table(a) for a in archs)
+        measured = sum(measure_latency(n, space.input_shape, 8, repeats=9, warmup=2, timer="thread") for n in nets)
+        ratios.append(predicted / measured)
+        if abs(ratios[-1] - 1) < 0.25:
+            break
+    assert abs(ratios[-1] - 1) < 0.25, f"table / end-to-end latency ratios {ratios}"
