@@ -2,6 +2,7 @@
 
 from callbacks.disturbance_metrics import DisturbanceMetrics
 from callbacks.evolution_search import EvolutionSearch
+from callbacks.pool_shrinking import PoolShrinking
 from callbacks.ranking_evaluation import RankingEvaluation
 
-__all__ = ["DisturbanceMetrics", "EvolutionSearch", "RankingEvaluation"]
+__all__ = ["DisturbanceMetrics", "EvolutionSearch", "PoolShrinking", "RankingEvaluation"]
