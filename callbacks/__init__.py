@@ -3,6 +3,7 @@
 from callbacks.disturbance_metrics import DisturbanceMetrics
 from callbacks.evolution_search import EvolutionSearch
 from callbacks.pool_shrinking import PoolShrinking
+from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from callbacks.ranking_evaluation import RankingEvaluation
 
-__all__ = ["DisturbanceMetrics", "EvolutionSearch", "PoolShrinking", "RankingEvaluation"]
+__all__ = ["DisturbanceMetrics", "EvolutionSearch", "PoolShrinking", "ProjectionMatrixUpdate", "RankingEvaluation"]

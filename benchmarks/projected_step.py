@@ -1,0 +1,114 @@
+"""DI-NAS projected supernet step vs a plain SGD step, same supernet, same batches, same process.
+
+    python benchmarks/projected_step.py [--C 16 --N 5 --batch 64 --steps 10 --rounds 3 --threads 1]
+
+The projected step is what ``ProjectionMatrixUpdate`` adds to a step: forward with the input
+recorder on, backward, eq. 6 on every gradient (G @ P), the SGD step, then the step's features folded
+into P (eq. 8, block Woodbury, ``--max-patches`` patches per conv). The plain step is forward,
+backward, SGD. Both run on copies of one NAS-Bench-201 supernet, on the same seeded arch sequence
+and batch, interleaved round by round so that both see the same machine load; after a warm-up that
+gives every layer on the sampled paths its P. Prints the median step times and their ratio, and the
+time of the projection and the P update alone (less sensitive to machine load than the ratio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from callbacks.projection_matrix_update import fold_features, mean_inputs, project_gradients, select_layers
+from nas_lightning.projection import LayerInputRecorder, LayerLayout
+from nas_lightning.spaces import NB201Space
+from nas_lightning.utils import step_generator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--C", type=int, default=16)
+    parser.add_argument("--N", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--alpha", type=float, default=1e-3)
+    parser.add_argument("--max-patches", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 by default: on a loaded machine every multi-threaded small op "
+                             "waits for a scheduler slice, which swamps the small P updates")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    space = NB201Space(C=args.C, N=args.N, num_classes=10, in_channels=3, input_size=32)
+    plain_net = space.build_supernet().train()
+    proj_net = copy.deepcopy(plain_net)
+    x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    opt_plain = torch.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt_proj = torch.optim.SGD(proj_net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    layers = select_layers(proj_net, "all")
+    layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
+    recorder = LayerInputRecorder(layers)
+    P: dict[str, torch.Tensor] = {}
+    step = {"plain": 0, "proj": 0}
+    extra: list[float] = []  # per projected step: the time of eq. 6 and eq. 8 alone
+
+    def arch_of(t: int):
+        return space.sample(step_generator(args.seed, "bench-arch", t))
+
+    def plain_step() -> None:
+        opt_plain.zero_grad(set_to_none=True)
+        F.cross_entropy(plain_net(x, arch_of(step["plain"])), y).backward()
+        opt_plain.step()
+        step["plain"] += 1
+
+    def projected_step() -> None:
+        t = step["proj"]
+        opt_proj.zero_grad(set_to_none=True)
+        recorder.active = True
+        F.cross_entropy(proj_net(x, arch_of(t)), y).backward()
+        recorder.active = False
+        t0 = time.perf_counter()
+        project_gradients(layers, layouts, P)
+        t1 = time.perf_counter()
+        opt_proj.step()
+        t2 = time.perf_counter()
+        fold_features(layers, layouts, P, mean_inputs(recorder.pop(), None), args.alpha, args.max_patches,
+                      step_generator(args.seed, "owm-patches", t))
+        extra.append(t1 - t0 + time.perf_counter() - t2)
+        step["proj"] += 1
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    for _ in range(args.warmup):
+        plain_step(), projected_step()
+    sizes = sorted({layouts[n].dim for n in P})
+    print(f"NB201 C={args.C} N={args.N} batch={args.batch}, {torch.get_num_threads()} threads, device=cpu; "
+          f"{len(P)} of {len(layers)} layers hold a P (widths {sizes[0]}..{sizes[-1]}), "
+          f"{sum(p.numel() for p in P.values()) * 4 / 2**20:.1f} MiB")
+    extra.clear()
+    plain_times, proj_times = [], []
+    for r in range(args.rounds):
+        plain_times.append(timed(plain_step))
+        proj_times.append(timed(projected_step))
+        print(f"round {r}: plain {plain_times[-1] * 1e3:.1f} ms, projected {proj_times[-1] * 1e3:.1f} ms, "
+              f"ratio {proj_times[-1] / plain_times[-1]:.3f}")
+    plain, proj = statistics.median(plain_times), statistics.median(proj_times)
+    print(f"projected / plain step time: {proj / plain:.3f} (median of {args.rounds} rounds of {args.steps} steps)")
+    print(f"projection + P update alone: {statistics.median(extra) * 1e3:.1f} ms per step (median), "
+          f"{statistics.median(extra) / plain:.3f} of a plain step")
+
+
+if __name__ == "__main__":
+    main()

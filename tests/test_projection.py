@@ -1,0 +1,418 @@
+"""DI-NAS orthogonal gradient projection (eqs. 6-8, Theorem 4.1): the math against hand-worked numbers
+and closed forms, the layer features, and the callback under Lightning (end-to-end P, bf16, resume,
+2-process DDP)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from callbacks.projection_matrix_update import ProjectionMatrixUpdate, project_gradients, select_layers
+from nas_lightning.methods import SPOS
+from nas_lightning.projection import (
+    LayerInputRecorder,
+    LayerLayout,
+    alpha_at,
+    closed_form,
+    conv_patches,
+    layer_features,
+    project_gradient,
+    project_layer_gradient,
+    rank_one_update,
+    woodbury_update,
+)
+from nas_lightning.spaces import NB201Space
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_projection.py"
+
+
+def tiny_space() -> NB201Space:
+    return NB201Space(C=4, N=1, num_classes=5, in_channels=1, input_size=8)
+
+
+# --- the math ---------------------------------------------------------------------------------------
+def test_hand_worked_two_dimensional_case() -> None:
+    # One seen feature x = (1, 1), alpha = 1e-3, P_0 = I. Eq. 8:
+    #   P x = x, x^T P x = 2, k = x / (2 + alpha), P = I - x x^T / (2 + alpha)
+    #   1 / 2.001 = 0.49975012..., so P = [[0.50024988, -0.49975012], [-0.49975012, 0.50024988]].
+    # Gradient g = (3, 1): g P = (3 * 0.50024988 - 0.49975012, -3 * 0.49975012 + 0.50024988)
+    #                          = (1.00099950, -0.99900050),
+    # and (g P) . x = g . (P x) = 4 * alpha / (2 + alpha) = 0.0019990005, against g . x = 4 unprojected:
+    # the projected gradient is orthogonal to x up to O(alpha). alpha -> 0 gives P = [[.5, -.5], [-.5, .5]].
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    g = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
+    P = woodbury_update(torch.eye(2, dtype=torch.float64), x, 1e-3)
+    expected = torch.tensor([[0.50024988, -0.49975012], [-0.49975012, 0.50024988]], dtype=torch.float64)
+    torch.testing.assert_close(P, expected, atol=1e-8, rtol=0)
+    gP = project_gradient(g, P)
+    torch.testing.assert_close(gP, torch.tensor([[1.00099950, -0.99900050]], dtype=torch.float64), atol=1e-8, rtol=0)
+    assert abs(float(gP @ x.T) - 0.0019990005) < 1e-9
+    # As alpha -> 0 the projected gradient becomes exactly orthogonal to the seen feature.
+    residues = [abs(float(project_gradient(g, woodbury_update(torch.eye(2, dtype=torch.float64), x, a)) @ x.T))
+                for a in (1e-1, 1e-3, 1e-6)]
+    assert residues[0] > residues[1] > residues[2] and residues[2] < 1e-5
+
+
+@pytest.mark.parametrize("n, d", [(3, 6), (9, 5)])
+def test_recursion_block_and_closed_form_agree(n: int, d: int) -> None:
+    gen = torch.Generator().manual_seed(n)
+    A = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    alpha = 0.05
+    rows = torch.eye(d, dtype=torch.float64)
+    for x in A:  # eq. 8, one feature at a time
+        rows = rank_one_update(rows, x, alpha)
+    block = woodbury_update(torch.eye(d, dtype=torch.float64), A, alpha)  # all at once
+    split = woodbury_update(woodbury_update(torch.eye(d, dtype=torch.float64), A[:2], alpha), A[2:], alpha)
+    closed = closed_form(A, alpha)
+    # Eq. 7's second form, computed by scipy/numpy outside the code under test.
+    An = A.numpy()
+    reference = alpha * scipy.linalg.inv(An.T @ An + alpha * np.eye(d))
+    for P in (rows, block, split, closed):
+        np.testing.assert_allclose(P.numpy(), reference, rtol=1e-8, atol=1e-10)
+    assert torch.equal(block, block.T)
+
+
+def test_grouped_update_is_one_update_per_group() -> None:
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)  # 3 groups, 4 rows of width 5
+    P = woodbury_update(torch.eye(5, dtype=torch.float64).expand(3, 5, 5), X, 0.1)
+    for g in range(3):
+        torch.testing.assert_close(P[g], closed_form(X[g], 0.1))
+    grad = torch.randn(6, 5, generator=gen, dtype=torch.float64)  # 2 output channels per group
+    projected = project_gradient(grad, P)
+    for g in range(3):
+        torch.testing.assert_close(projected[2 * g: 2 * g + 2], grad[2 * g: 2 * g + 2] @ P[g])
+
+
+def test_alpha_schedule() -> None:
+    assert alpha_at(1e-3, 0.7, decay=False) == 1e-3
+    # OWM: alpha0 ** progress: 1 at the start, sqrt(alpha0) halfway, alpha0 at the end.
+    assert alpha_at(1e-4, 0.0, decay=True) == 1.0
+    assert alpha_at(1e-4, 0.5, decay=True) == pytest.approx(1e-2)
+    assert alpha_at(1e-4, 1.0, decay=True) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="alpha0 < 1"):
+        alpha_at(2.0, 0.5, decay=True)
+    with pytest.raises(ValueError, match="> 0"):
+        alpha_at(0.0, 0.5, decay=False)
+
+
+# --- Theorem 4.1 ------------------------------------------------------------------------------------
+# The bound we check (our derivation; the paper's formula is lost): with P = alpha (A^T A + alpha I)^-1
+# (eq. 7) and x = A^T e_i a seen feature, P x = alpha A^T (A A^T + alpha I)^-1 e_i, whose norm is at most
+# alpha * max_j s_j / (s_j^2 + alpha) <= alpha / s_min(A) (s_j the nonzero singular values of A). After
+# one projected SGD step dW = -lr G P (eq. 6), the layer's output on x moves by
+#     ||dW x|| = lr ||G P x|| <= lr * ||G||_2 * alpha / s_min(A),
+# i.e. it vanishes with alpha, while an unprojected step moves it by about lr ||G x||.
+def _bound(G: torch.Tensor, A: torch.Tensor, lr: float, alpha: float) -> float:
+    s = torch.linalg.svdvals(A)
+    s_min = s[s > 1e-9 * s[0]].min()
+    return float(lr * torch.linalg.matrix_norm(G, ord=2) * alpha / s_min)
+
+
+def _sgd_step(layer: nn.Module, inputs: torch.Tensor, target: torch.Tensor, lr: float,
+              P: torch.Tensor | None) -> nn.Module:
+    new = copy.deepcopy(layer)
+    F.mse_loss(new(inputs), target).backward()
+    if P is not None:
+        assert project_layer_gradient(new, LayerLayout.of(new), P)
+    with torch.no_grad():
+        for p in new.parameters():
+            p -= lr * p.grad
+    return new
+
+
+def test_theorem_4_1_linear() -> None:
+    torch.manual_seed(0)
+    lr, alpha = 0.5, 1e-3
+    layer = nn.Linear(8, 4, dtype=torch.float64)
+    layout = LayerLayout.of(layer)
+    seen = torch.randn(5, 8, dtype=torch.float64)  # five previous archs' mean inputs
+    P = layout.identity().double()
+    recorder = LayerInputRecorder({"fc": layer})
+    for x in seen:  # one "step" each: record the input, fold it in
+        recorder.active = True
+        layer(x[None])
+        (total, count), = recorder.pop().values()
+        P = woodbury_update(P, layer_features(layer, layout, total / count, 16, torch.Generator()).double(), alpha)
+    recorder.remove()
+    new_inputs, target = torch.randn(32, 8, dtype=torch.float64), torch.randn(32, 4, dtype=torch.float64)
+    projected = _sgd_step(layer, new_inputs, target, lr, P)
+    plain = _sgd_step(layer, new_inputs, target, lr, None)
+
+    A = torch.cat([seen, torch.ones(5, 1, dtype=torch.float64)], 1)  # [x; 1]: the bias is part of W
+    G = torch.cat([plain.weight.grad, plain.bias.grad[:, None]], 1)
+    bound = _bound(G, A, lr, alpha)
+    with torch.no_grad():
+        moved = (projected(seen) - layer(seen)).norm(dim=1)
+        moved_plain = (plain(seen) - layer(seen)).norm(dim=1)
+    assert bool((moved <= bound).all()), (moved, bound)
+    assert float(moved_plain.min()) > 100 * bound  # the unprojected step does disturb these outputs
+
+
+@pytest.mark.parametrize("groups", [1, 2, 8])
+def test_theorem_4_1_conv_on_its_patches(groups: int) -> None:
+    torch.manual_seed(groups)
+    lr, alpha, max_patches = 0.5, 1e-3, 16
+    conv = nn.Conv2d(8, 8, 3, padding=1, groups=groups, bias=True, dtype=torch.float64)
+    layout = LayerLayout.of(conv)
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)  # one input: its batch mean is itself
+    gen = torch.Generator().manual_seed(7)
+    X = layer_features(conv, layout, x[0], max_patches, gen).double()
+    P = woodbury_update(layout.identity().double(), X, alpha)
+    kept = torch.randperm(25, generator=torch.Generator().manual_seed(7))[:max_patches]  # the folded positions
+
+    new_x, target = torch.randn(4, 8, 5, 5, dtype=torch.float64), torch.randn(4, 8, 5, 5, dtype=torch.float64)
+    projected = _sgd_step(conv, new_x, target, lr, P)
+    plain = _sgd_step(conv, new_x, target, lr, None)
+    with torch.no_grad():
+        moved = (projected(x) - conv(x))[0].flatten(1)[:, kept]  # (out, folded positions)
+        moved_plain = (plain(x) - conv(x))[0].flatten(1)[:, kept]
+    patches = torch.cat([conv_patches(conv, x[0])[kept], torch.ones(max_patches, 1, dtype=torch.float64)], 1)
+    per_group_in, per_group_out = 8 // groups * 9, 8 // groups
+    G = torch.cat([plain.weight.grad.flatten(1), plain.bias.grad[:, None]], 1)
+    for g in range(groups):  # each group of output channels sees only its input channels
+        cols = [*range(g * per_group_in, (g + 1) * per_group_in), 8 * 9]
+        rows = slice(g * per_group_out, (g + 1) * per_group_out)
+        bound = _bound(G[rows], patches[:, cols], lr, alpha)
+        assert bool((moved[rows].norm(dim=0) <= bound).all()), (g, moved[rows].norm(dim=0).max(), bound)
+        assert float(moved_plain[rows].norm(dim=0).max()) > 100 * bound
+
+
+# --- features ---------------------------------------------------------------------------------------
+def test_conv_patches_and_subsample_match_explicit_slicing() -> None:
+    conv = nn.Conv2d(6, 4, 3, stride=2, padding=1, dilation=1, groups=2, bias=False)
+    layout = LayerLayout.of(conv)
+    assert (layout.groups, layout.dim) == (2, 27)
+    x = torch.randn(6, 7, 7)
+    padded = F.pad(x, (1, 1, 1, 1))
+    # Position (i, j) of the 4x4 output sees padded[:, 2i:2i+3, 2j:2j+3], flattened channel-major.
+    explicit = torch.stack([padded[:, 2 * i: 2 * i + 3, 2 * j: 2 * j + 3].reshape(-1)
+                            for i in range(4) for j in range(4)])
+    torch.testing.assert_close(conv_patches(conv, x), explicit)
+    X = layer_features(conv, layout, x, 5, torch.Generator().manual_seed(3))
+    keep = torch.randperm(16, generator=torch.Generator().manual_seed(3))[:5]
+    assert X.shape == (2, 5, 27)
+    torch.testing.assert_close(X[0], explicit[keep, :27])
+    torch.testing.assert_close(X[1], explicit[keep, 27:])
+    # The conv output at a kept position is exactly W_g times that row, per group.
+    y = conv(x[None])[0].flatten(1)
+    W = conv.weight.reshape(2, 2, 27)
+    torch.testing.assert_close(y[:, keep], torch.cat([W[0] @ X[0].T, W[1] @ X[1].T]), rtol=1e-5, atol=1e-6)
+
+
+def test_recorder_keeps_the_batch_mean_of_the_layers_that_ran() -> None:
+    space = tiny_space()
+    net = space.build_supernet()
+    layers = select_layers(net, "all")
+    recorder = LayerInputRecorder(layers)
+    x = torch.randn(6, 1, 8, 8)
+    arch = space.decode("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    with torch.no_grad():
+        net(x, arch)  # inactive and no_grad: nothing recorded
+    recorder.active = True
+    with torch.no_grad():
+        net(x, arch)  # an evaluation pass
+    assert recorder.pop() == {}
+    net(x, arch).sum().backward()
+    recorded = recorder.pop()
+    ran = {name for name, m in layers.items() if m.weight.grad is not None}  # autograd's view of the path
+    assert set(recorded) == ran and len(ran) < len(layers)
+    total, count = recorded["stem.0"]
+    assert count == 6
+    torch.testing.assert_close(total / count, x.mean(0))
+    # A second micro-batch of the same step adds up: the mean is over both.
+    x2 = torch.randn(2, 1, 8, 8)
+    net(x, arch), net(x2, arch)
+    total, count = recorder.pop()["stem.0"]
+    torch.testing.assert_close(total / count, torch.cat([x, x2]).mean(0))
+    recorder.remove()
+    net(x, arch)
+    assert recorder.pop() == {}
+
+
+def test_unselected_gradients_are_left_alone_and_selected_ones_projected() -> None:
+    torch.manual_seed(0)
+    space = tiny_space()
+    net = space.build_supernet()
+    layers = select_layers(net, "all")
+    layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
+    gen = torch.Generator().manual_seed(0)
+    P = {n: woodbury_update(layouts[n].identity(), torch.randn(3, layouts[n].dim, generator=gen), 1e-2)
+         for n in layers}
+    arch = space.decode("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    F.cross_entropy(net(torch.randn(4, 1, 8, 8), arch), torch.tensor([0, 1, 2, 3])).backward()
+    before = {n: (m.weight.grad.clone() if m.weight.grad is not None else None) for n, m in layers.items()}
+    frozen = "classifier"  # pretend another optimiser owns it
+    params = {id(p) for n, p in net.named_parameters() if not n.startswith(frozen)}
+    done = project_gradients(layers, layouts, P, params)
+    selected = [n for n, g in before.items() if g is not None and n != frozen]
+    assert done == len(selected) and 0 < done < len(layers) - 1
+    for name, module in layers.items():
+        if before[name] is None:
+            assert module.weight.grad is None, name
+        elif name == frozen:
+            assert torch.equal(module.weight.grad, before[name])
+        else:
+            w = before[name]
+            expected = project_gradient(w.reshape(w.shape[0], -1), P[name]).reshape(w.shape)
+            torch.testing.assert_close(module.weight.grad, expected)
+            assert not torch.allclose(module.weight.grad, w)
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="layers must be one of"):
+        ProjectionMatrixUpdate(layers="bn")
+    with pytest.raises(ValueError, match="every_n_steps"):
+        ProjectionMatrixUpdate(every_n_steps=0)
+    with pytest.raises(ValueError, match="alpha0 < 1"):
+        ProjectionMatrixUpdate(alpha=1.5, alpha_decay=True)
+
+
+# --- the callback under Lightning -------------------------------------------------------------------
+def _batches(n: int, size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(size, 1, 8, 8, generator=gen), torch.randint(0, 5, (size,), generator=gen))
+            for _ in range(n)]
+
+
+def _model() -> SPOS:
+    return SPOS(tiny_space(), seed=4, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=1e-3),
+                num_eval_archs=0)
+
+
+def _trainer(root: Path, callbacks: list[pl.Callback], **kw) -> pl.Trainer:
+    kw.setdefault("enable_checkpointing", False)
+    return pl.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=root, enable_progress_bar=False,
+                      enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kw)
+
+
+class ClassifierInputs(pl.Callback):
+    """The classifier's mean input and the arch of each step, seen independently of the callback."""
+
+    def __init__(self) -> None:
+        self.means: list[torch.Tensor] = []
+        self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.handle = pl_module.supernet.classifier.register_forward_pre_hook(
+            lambda m, args: self.means.append(args[0].detach().mean(0)))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        c = pl_module.supernet.classifier  # after the projection callback (listed first) ran
+        self.grads.append((c.weight.grad.clone(), c.bias.grad.clone()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.handle.remove()
+
+
+def test_fit_folds_each_steps_mean_input_after_its_step(tmp_path: Path) -> None:
+    """End to end on the classifier (a Linear of width 16, bias included): after step t, P equals eq. 7
+    over the mean inputs [x_s; 1] of steps s <= t, and step t's gradient [G_w | G_b] was projected with
+    the P of steps s < t (eq. 6; its own features are folded in after it)."""
+    pl.seed_everything(0)
+    alpha = 0.1
+    projection, spy = ProjectionMatrixUpdate(alpha=alpha, layers="linear"), ClassifierInputs()
+    model = _model()
+    raw: dict[str, list[torch.Tensor]] = {"weight": [], "bias": []}
+    for name, p in model.supernet.classifier.named_parameters():  # autograd's gradient, before any hook
+        p.register_hook(lambda g, name=name: raw[name].append(g.clone()))
+    _trainer(tmp_path, [projection, spy], max_steps=3).fit(model, DataLoader(_batches(3), batch_size=None))
+    assert list(projection.P) == ["classifier"] and projection.updates == 3
+    A = torch.stack([torch.cat([m, torch.ones(1)]) for m in spy.means]).double()
+    torch.testing.assert_close(projection.P["classifier"].double(), closed_form(A, alpha), rtol=1e-4, atol=1e-5)
+    assert projection.P["classifier"].dtype == torch.float32
+    for t in range(3):
+        P_before = closed_form(A[:t], alpha) if t else torch.eye(17, dtype=torch.float64)
+        expected = torch.cat([raw["weight"][t], raw["bias"][t][:, None]], 1).double() @ P_before
+        got = torch.cat([spy.grads[t][0], spy.grads[t][1][:, None]], 1).double()
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6, msg=f"step {t}")
+    assert not torch.allclose(closed_form(A[:2], alpha), torch.eye(17, dtype=torch.float64), atol=1e-2)
+
+
+def test_bf16_mixed_keeps_P_in_fp32(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    projection = ProjectionMatrixUpdate(every_n_steps=2)
+    model = _model()
+    _trainer(tmp_path, [projection], max_steps=3, precision="bf16-mixed").fit(
+        model, DataLoader(_batches(3), batch_size=None))
+    assert projection.updates == 2  # steps 0 and 2
+    assert projection.P and all(P.dtype == torch.float32 for P in projection.P.values())
+    eye = {n: LayerLayout.of(m).identity() for n, m in select_layers(model.supernet, "all").items()}
+    assert all(torch.isfinite(P).all() and torch.equal(P, P.mT) for P in projection.P.values())
+    # A conv fed by a 'none' node sees zeros and keeps P = I; the stem and classifier never do.
+    moved = {n for n, P in projection.P.items() if not torch.allclose(P, eye[n])}
+    assert {"stem.0", "classifier"} <= moved and len(moved) > len(projection.P) // 2
+
+
+class Crash(pl.Callback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
+def test_crash_and_resume_gives_the_uninterrupted_P(tmp_path: Path) -> None:
+    """Killed after step 4 of 2 x 4 (alpha decaying with progress, so the step count matters too): the
+    resumed run's P and weights equal the uninterrupted run's."""
+    data = _batches(4)
+
+    def run(root: Path, extra: list[pl.Callback], ckpt_path: str | None = None):
+        model, projection = _model(), ProjectionMatrixUpdate(alpha=1e-2, alpha_decay=True, max_patches=4)
+        _trainer(root, [projection, *extra], max_epochs=2, enable_checkpointing=bool(extra)).fit(
+            model, DataLoader(data, batch_size=None), ckpt_path=ckpt_path)
+        return model, projection
+
+    pl.seed_everything(0)
+    full_model, full = run(tmp_path / "full", [])
+    pl.seed_everything(0)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(tmp_path / "a", [ckpt, Crash(at_step=4)])
+    (path,) = (tmp_path / "ckpt").glob("*step=4.ckpt")
+    first = torch.load(path, weights_only=False)["callbacks"]
+    (state,) = [v for k, v in first.items() if k.startswith("ProjectionMatrixUpdate")]
+    assert state["updates"] == 4
+    pl.seed_everything(99)  # a resumed process starts from other global RNG state
+    resumed_model, resumed = run(tmp_path / "b", [], ckpt_path=str(path))
+
+    assert full.updates == resumed.updates == 8
+    assert set(full.P) == set(resumed.P) and set(state["P"]) <= set(full.P)
+    changed = [n for n in state["P"] if not torch.allclose(full.P[n], state["P"][n])]
+    assert changed, "the second epoch did not change P, so the comparison would prove nothing"
+    for name, P in full.P.items():
+        torch.testing.assert_close(resumed.P[name], P, rtol=1e-5, atol=1e-6, msg=name)
+    for (name, p), q in zip(full_model.supernet.named_parameters(), resumed_model.supernet.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_and_match_single_process_accumulation(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    for mode in ("ddp", "single"):
+        proc = subprocess.run([sys.executable, str(SCRIPT), mode, str(tmp_path)], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"ddp_rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "single_rank0.pt")
+    assert r0["archs"] == r1["archs"] and single["archs"][::2] == r0["archs"]
+    assert r0["updates"] == single["updates"] == 4
+    assert len(r0["P"]) > 10 and set(r0["P"]) == set(r1["P"]) == set(single["P"])
+    for name, P in r0["P"].items():
+        assert torch.equal(r1["P"][name], P), f"ranks disagree on P[{name}]"
+        torch.testing.assert_close(single["P"][name], P, rtol=1e-4, atol=1e-4, msg=name)
+    for name, p in single["params"].items():
+        torch.testing.assert_close(r0["params"][name], p, rtol=1e-4, atol=1e-5, msg=name)
