@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
+from nas_lightning.commands.cost import read_arch_file
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load_ground_truth
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
@@ -71,6 +72,8 @@ class RankingEvaluation(pl.Callback):
     Args:
         ground_truth: GT file: CSV ``arch,accuracy``, JSON, or a NATS-Bench API file.
         every_n_epochs: evaluate during ``fit`` after every n-th epoch (0: only at the end of fit).
+        archs_file: rank only these archs (a text, CSV or JSON file as ``nas-lightning cost`` reads;
+            e.g. a search's ``top_archs.json`` or PC-NAS's final candidates); the GT must cover them.
         max_archs: evaluate a seeded subset of at most this many GT archs (None: all).
         seed: seed of that subset.
         k: precision@k values.
@@ -78,12 +81,13 @@ class RankingEvaluation(pl.Callback):
         metric, nats_dataset: forwarded to the GT loader.
     """
 
-    def __init__(self, ground_truth: str, every_n_epochs: int = 1, max_archs: int | None = 100, seed: int = 0,
+    def __init__(self, ground_truth: str, every_n_epochs: int = 1, archs_file: str | None = None,
+                 max_archs: int | None = 100, seed: int = 0,
                  k: tuple[int, ...] = (1, 5, 10), output_dir: str | None = None, metric: str = "accuracy",
                  nats_dataset: str = "cifar10") -> None:
         if every_n_epochs < 0 or (max_archs is not None and max_archs < 2):
             raise ValueError(f"need every_n_epochs >= 0 and max_archs >= 2, got {every_n_epochs}, {max_archs}")
-        self.ground_truth_path = ground_truth
+        self.ground_truth_path, self.archs_file = ground_truth, archs_file
         self.every_n_epochs, self.max_archs, self.seed, self.k = every_n_epochs, max_archs, seed, tuple(k)
         self.output_dir, self.metric, self.nats_dataset = output_dir, metric, nats_dataset
         self.gt: GroundTruth | None = None
@@ -100,7 +104,8 @@ class RankingEvaluation(pl.Callback):
         if self.gt is None:
             self.gt = load_ground_truth(self.ground_truth_path, pl_module.space, metric=self.metric,
                                         nats_dataset=self.nats_dataset)
-            covered = check_coverage(self.gt, self.gt.archs, self.ground_truth_path)
+            wanted = read_arch_file(self.archs_file, pl_module.space) if self.archs_file else self.gt.archs
+            covered = check_coverage(self.gt, wanted, self.ground_truth_path)
             if self.max_archs is not None and len(covered) > self.max_archs:
                 perm = torch.randperm(len(covered), generator=step_generator(self.seed, "ranking", 0))
                 covered = [covered[i] for i in sorted(perm[: self.max_archs].tolist())]

@@ -67,3 +67,18 @@ def test_ground_truth_with_unknown_op_names_it(tmp_path: Path) -> None:
     gt_path.write_text("arch,accuracy\n|nor_conv_1x1|sep_conv_9x9|,50.0\n|nor_conv_1x1|skip_connect|,60.0\n")
     with pytest.raises(ValueError, match="sep_conv_9x9"):
         fit(tmp_path, RankingEvaluation(str(gt_path)), epochs=1)
+
+
+def test_archs_file_restricts_the_ranking_and_must_be_covered(tmp_path: Path) -> None:
+    archs = list(space().enumerate())
+    gt_path = tmp_path / "gt.csv"
+    gt_path.write_text("arch,accuracy\n" + "".join(f"{a},{50 + i}\n" for i, a in enumerate(archs[:6])))
+    subset = tmp_path / "subset.txt"
+    subset.write_text("\n".join(str(a) for a in archs[1:4]) + "\n")
+    callback = RankingEvaluation(str(gt_path), archs_file=str(subset), output_dir=str(tmp_path / "rank"))
+    fit(tmp_path, callback, epochs=1)
+    assert callback.archs == archs[1:4]
+    uncovered = tmp_path / "uncovered.txt"
+    uncovered.write_text("\n".join(str(a) for a in archs[6:]) + "\n")
+    with pytest.raises(ValueError, match="covers none"):
+        fit(tmp_path, RankingEvaluation(str(gt_path), archs_file=str(uncovered)), epochs=1)
