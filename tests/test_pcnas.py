@@ -18,12 +18,12 @@ from callbacks.pool_shrinking import shrink, shrink_due
 from nas_lightning.commands.cost import read_arch_file
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
-from nas_lightning.latency.base import FlopsProxy, LatencyModel
+from nas_lightning.latency import FlopsProxy, LatencyModel, LatencyTable
 from nas_lightning.methods.pcnas import PCNAS
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
 from nas_lightning.search.potential import PotentialResult, draw_completions, potentials
-from nas_lightning.spaces import ChainSpace, NB201Space
+from nas_lightning.spaces import MOBILENET_SMALL_OPS, ChainSpace, MobileNetSpace, NB201Space
 from nas_lightning.utils.distributed import step_generator
 
 OPS3 = ("nor_conv_1x1", "nor_conv_3x3", "skip_connect")
@@ -222,3 +222,27 @@ def test_ddp_ranks_hold_the_same_pool_and_split_the_completions(tmp_path: Path) 
     # One rank alone computes the potentials the two ranks computed together.
     assert r0["alone"] == pytest.approx(r0["pool"]["pool"]["history"][-1]["potentials"], abs=1e-9)
     assert len(set(r0["pool"]["pool"]["history"][0]["potentials"])) > 1, "all potentials tied: the test proves little"
+
+
+@pytest.mark.slow
+def test_pcnas_on_the_mobilenet_space_under_a_latency_table(tmp_path: Path) -> None:
+    """The paper's setting in miniature: MobileNet layers shrunk one at a time under a hard limit from a
+    latency lookup table; every arch of the final pool meets the limit."""
+    space = MobileNetSpace("small", width_mult=0.25, num_classes=4, in_channels=1, input_size=8, stem_stride=1,
+                           depths=[1, 1, 1, 1, 1, 1])
+    # A hand-made table (ms): the cost of an op grows with its expansion ratio and kernel, Identity is free.
+    cost = {op: 0.0 if op == "Identity" else float(op.split("_")[1]) * int(op.split("_")[2]) / 9
+            for op in MOBILENET_SMALL_OPS}
+    table = {"metadata": {"space": space.config()}, "fixed": {"stem": 0.5, "head": 0.5},
+             "layers": [{op: cost[op] for op in d.choices} for d in space.decisions]}
+    latency = LatencyTable.from_dict(space, table)
+    limit = 8.0
+    model = PCNAS(space, seed=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), pool_size=2,
+                  num_completions=4, warmup_epochs=1, interval_epochs=1, num_eval_archs=0, num_val_batches=1,
+                  max_latency=limit, latency_model=latency, output_dir=str(tmp_path / "pcnas"))
+    fit(model, tmp_path, max_epochs=1 + space.num_decisions)
+    rows = json.loads((tmp_path / "pcnas" / "final_pool.json").read_text())
+    assert len(rows) == 2
+    for row in rows:
+        arch = space.decode(row["arch"])
+        assert latency(arch) <= limit and row["latency"] == pytest.approx(latency(arch))
