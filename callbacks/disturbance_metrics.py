@@ -169,8 +169,9 @@ class DisturbanceMetrics(pl.Callback):
         logged = {f"disturbance/{k}": v for k, v in self.last_metrics.items() if k in _LOGGED and not math.isnan(v)}
         if logged:
             pl_module.log_dict(logged, rank_zero_only=True)
+        out = self._out(trainer)  # trainer.log_dir broadcasts under DDP, so every rank asks for it
         if trainer.is_global_zero:
-            self._write_history(trainer)
+            self._write_history(out)
         if self.matrix_archs and self.matrix_at == "every":
             self._matrix(trainer, pl_module, f"epoch{epoch}")
 
@@ -189,8 +190,9 @@ class DisturbanceMetrics(pl.Callback):
             pl_module.supernet, self.matrix_arch_list, list(self._train_batches), pl_module.val_batches,
             self._optimizer_factory(trainer, pl_module), self.matrix_steps, pl_module.calibration_batches(),
             pl_module.label_smoothing, lambda t: reduce_sum(t, trainer), trainer.world_size)
+        out = self._out(trainer)
         if trainer.is_global_zero:
-            csv_path, _ = save_disturbance_matrix(self.last_matrix, self._out(trainer) / f"disturbance_matrix_{tag}")
+            csv_path, _ = save_disturbance_matrix(self.last_matrix, out / f"disturbance_matrix_{tag}")
             rank_zero_info(f"DisturbanceMetrics: disturbance matrix written to {csv_path}")
 
     @staticmethod
@@ -213,11 +215,11 @@ class DisturbanceMetrics(pl.Callback):
     def _out(self, trainer: pl.Trainer) -> Path:
         return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "disturbance")
 
-    def _write_history(self, trainer: pl.Trainer) -> None:
+    def _write_history(self, out: Path) -> None:
         epochs = sorted(self.history)
         metrics = [{"epoch": e, "global_step": self.global_steps.get(e, -1),
                     **epoch_metrics(self.history, e, self.interval, self.gt_acc)} for e in epochs]
-        atomic_write_text(self._out(trainer) / "disturbance_metrics.csv", _csv(metrics))
+        atomic_write_text(out / "disturbance_metrics.csv", _csv(metrics))
         rows = []
         for i, arch in enumerate(self.archs):
             row: dict[str, Any] = {"arch": str(arch)}
@@ -225,7 +227,7 @@ class DisturbanceMetrics(pl.Callback):
                 row["gt_accuracy"] = self.gt_acc[i]
             row.update({f"epoch_{e}": self.history[e][i] for e in epochs})
             rows.append(row)
-        atomic_write_text(self._out(trainer) / "disturbance_history.csv", _csv(rows))
+        atomic_write_text(out / "disturbance_history.csv", _csv(rows))
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -123,8 +123,9 @@ class PoolShrinking(pl.Callback):
         # Identical on every rank, so the sync is a no-op average that keeps Lightning's DDP check quiet.
         pl_module.log("pcnas/best_potential", best, sync_dist=True)
         pl_module.log("pcnas/decisions_fixed", float(pool.num_fixed), sync_dist=True)
+        out = self._dir(trainer)  # trainer.log_dir broadcasts under DDP, so every rank asks for it
         if trainer.is_global_zero:
-            atomic_write_text(self._dir(trainer) / "pool_history.csv", history_csv(space, pool.history))
+            atomic_write_text(out / "pool_history.csv", history_csv(space, pool.history))
             names = ", ".join("|".join(space.decisions[d].choices[i] for d, i in enumerate(m)) for m in pool.members)
             rank_zero_info(f"PC-NAS shrink {record['shrink']} (epoch {trainer.current_epoch + 1}, "
                            f"{record['decision']}): best potential {best:.2f}%, pool: {names}")
@@ -176,8 +177,9 @@ class PoolShrinking(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = self._sampler(pl_module)
         rows = self.final_pool(trainer, pl_module, sampler)
+        out = self._dir(trainer)  # trainer.log_dir broadcasts under DDP, so every rank asks for it
         if trainer.is_global_zero and rows:
-            path = atomic_write_json(self._dir(trainer) / "final_pool.json", rows)
+            path = atomic_write_json(out / "final_pool.json", rows)
             rank_zero_info(f"PC-NAS final pool ({len(rows)} archs, best first) written to {path}")
 
     def final_pool(self, trainer: pl.Trainer, pl_module: SupernetModule, sampler: PoolSampler) -> list[dict[str, Any]]:

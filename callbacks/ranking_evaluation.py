@@ -132,12 +132,13 @@ class RankingEvaluation(pl.Callback):
         if not math.isnan(summary["gt_seed_to_seed_tau"]):
             logged["rank/gt_seed_to_seed_tau"] = summary["gt_seed_to_seed_tau"]
         pl_module.log_dict({k: float(v) for k, v in logged.items()}, rank_zero_only=True)
+        # trainer.log_dir broadcasts under DDP, so every rank asks for it.
+        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "ranking")
         if trainer.is_global_zero:
-            self._write(trainer, summary, rows)
+            self._write(trainer, out, summary, rows)
             rank_zero_info(format_report(summary))
 
-    def _write(self, trainer: pl.Trainer, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "ranking")
+    def _write(self, trainer: pl.Trainer, out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         tag = f"{trainer.state.fn.value}_epoch{trainer.current_epoch}"
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))

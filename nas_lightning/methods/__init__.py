@@ -1,9 +1,10 @@
 """Methods: each a LightningModule wiring a supernet to an arch sampler."""
 
 from nas_lightning.methods.base import NASModule, check_space_matches_data
+from nas_lightning.methods.dinas import DINAS
 from nas_lightning.methods.pcnas import PCNAS
 from nas_lightning.methods.spos import SPOS
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.methods.supernet_module import SupernetModule
 
-__all__ = ["PCNAS", "SPOS", "NASModule", "StandaloneModule", "SupernetModule", "check_space_matches_data"]
+__all__ = ["DINAS", "PCNAS", "SPOS", "NASModule", "StandaloneModule", "SupernetModule", "check_space_matches_data"]

@@ -1,7 +1,17 @@
 """Architecture samplers."""
 
 from nas_lightning.samplers.base import ArchSampler
+from nas_lightning.samplers.controller import ControllerSampler, LSTMController, reinforce_step
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
 from nas_lightning.samplers.uniform import UniformSampler
 
-__all__ = ["ArchSampler", "LatencyLimit", "PartialModelPool", "PoolSampler", "UniformSampler"]
+__all__ = [
+    "ArchSampler",
+    "ControllerSampler",
+    "LSTMController",
+    "LatencyLimit",
+    "PartialModelPool",
+    "PoolSampler",
+    "UniformSampler",
+    "reinforce_step",
+]

@@ -1,0 +1,49 @@
+"""Train DI-NAS as a 2-process DDP job (gloo, CPU) for three epochs (one of warm-up); save each rank's
+sampled archs, controller state and projection matrices.
+
+Run by tests/test_dinas.py: ``python tests/scripts/ddp_dinas.py OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from callbacks.projection_matrix_update import ProjectionMatrixUpdate
+from nas_lightning.data import SyntheticDataModule
+from nas_lightning.methods.dinas import DINAS
+from nas_lightning.spaces import ChainSpace
+
+
+class RecordArchs(pl.Callback):
+    def __init__(self) -> None:
+        self.archs: list[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.archs.append(str(pl_module.current_arch))
+
+
+def main(out: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    space = ChainSpace(num_layers=3, C=4, num_classes=4, in_channels=1, input_size=8)
+    # The same settings as tests/test_dinas.py; each rank trains 2 steps of 32 per epoch.
+    model = DINAS(space, seed=3, start_epoch=1, controller_steps_per_epoch=3, archs_per_step=2, controller_hidden=16,
+                  controller_lr=0.05, num_eval_archs=2, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    data = SyntheticDataModule(num_classes=4, in_channels=1, image_size=8, num_train=192, num_test=32, noise=0.5,
+                               batch_size=32, eval_batch_size=16, val_fraction=0.25, seed=0)
+    record = RecordArchs()
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out / "run",
+                         callbacks=[record])
+    trainer.fit(model, datamodule=data)
+    (projection,) = [c for c in trainer.callbacks if isinstance(c, ProjectionMatrixUpdate)]
+    torch.save({"archs": record.archs, "sampler": model.sampler.state_dict(), "P": projection.P,
+                "steps_per_epoch": trainer.num_training_batches}, out / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
