@@ -42,7 +42,7 @@ def ranking_report(space: SearchSpace, gt: GroundTruth, archs: list[Arch], inher
         "num_archs": len(archs),
         "supernet": ranking_metrics(inherited, target, k=k, costs=flops),
         "proxies": cost_proxy_metrics(target, {"params": params, "flops": flops}),
-        "gt_seed_to_seed_tau": gt.seed_to_seed_tau(),
+        "gt_seed_to_seed_tau": gt.restrict(archs).seed_to_seed_tau(),  # the ceiling on these archs
     }
     order = sorted(range(len(archs)), key=lambda i: -inherited[i])
     rows = [{"arch": str(archs[i]), "gt_accuracy": target[i], "inherited_accuracy": inherited[i],
