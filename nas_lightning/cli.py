@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args and args[0] in ("-h", "--help"):
         print(f"nas-lightning {{fit,validate,test,predict,{','.join(commands)}}} --help\n")
-    NASLightningCLI(args)
+    # From the shell, LightningCLI reads sys.argv itself (and warns when also given args).
+    NASLightningCLI(None if argv is None else args)
 
 
 if __name__ == "__main__":
