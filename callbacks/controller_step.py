@@ -19,7 +19,6 @@ method's ``ControllerSampler``, which the method checkpoints once (``"nas_sample
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,6 +26,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler
 
+from callbacks._paths import output_dir
 from nas_lightning.evaluation.inherited import Batch
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.samplers.controller import ControllerSampler
@@ -156,7 +156,7 @@ class ControllerStep(pl.Callback):
                            f"max_epochs={trainer.max_epochs}); nothing exported")
             return
         # trainer.log_dir broadcasts under DDP, so every rank asks for it.
-        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "controller")
+        out = output_dir(trainer, self.output_dir, "controller")
         if trainer.is_global_zero:
             path = atomic_write_json(out / "controller_archs.json", export_controller(sampler, self.export_top))
             rank_zero_info(f"ControllerStep: wrote {path}")

@@ -30,6 +30,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
+from callbacks._paths import output_dir
 from nas_lightning.evaluation.inherited import Batch
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.metrics.disturbance import (
@@ -213,7 +214,7 @@ class DisturbanceMetrics(pl.Callback):
 
     # --- files ------------------------------------------------------------------------------------
     def _out(self, trainer: pl.Trainer) -> Path:
-        return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "disturbance")
+        return output_dir(trainer, self.output_dir, "disturbance")
 
     def _write_history(self, out: Path) -> None:
         epochs = sorted(self.history)

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
+from callbacks._paths import output_dir
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.search.evolution import EvolutionConfig, EvolutionResult, evolution_search, export_top_archs
 from nas_lightning.spaces.arch import Arch
@@ -61,7 +62,7 @@ class EvolutionSearch(pl.Callback):
         self.result: EvolutionResult | None = None
 
     def _dir(self, trainer: pl.Trainer) -> Path:
-        return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "search")
+        return output_dir(trainer, self.output_dir, "search")
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.VALIDATING or trainer.sanity_checking:

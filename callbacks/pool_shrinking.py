@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
+from callbacks._paths import output_dir
 from nas_lightning.evaluation.inherited import Batch
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.samplers.pool import PartialModelPool, PoolSampler, top_partial_models
@@ -102,7 +103,7 @@ class PoolShrinking(pl.Callback):
         self.last_result: PotentialResult | None = None
 
     def _dir(self, trainer: pl.Trainer) -> Path:
-        return Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "pcnas")
+        return output_dir(trainer, self.output_dir, "pcnas")
 
     @staticmethod
     def _sampler(pl_module: pl.LightningModule) -> PoolSampler:

@@ -21,6 +21,7 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 
+from callbacks._paths import output_dir
 from nas_lightning.commands.cost import read_arch_file
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load_ground_truth
@@ -133,7 +134,7 @@ class RankingEvaluation(pl.Callback):
             logged["rank/gt_seed_to_seed_tau"] = summary["gt_seed_to_seed_tau"]
         pl_module.log_dict({k: float(v) for k, v in logged.items()}, rank_zero_only=True)
         # trainer.log_dir broadcasts under DDP, so every rank asks for it.
-        out = Path(self.output_dir or Path(trainer.log_dir or trainer.default_root_dir) / "ranking")
+        out = output_dir(trainer, self.output_dir, "ranking")
         if trainer.is_global_zero:
             self._write(trainer, out, summary, rows)
             rank_zero_info(format_report(summary))

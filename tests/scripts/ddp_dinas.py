@@ -11,19 +11,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _ddp_common import RecordArchs
 
 from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.methods.dinas import DINAS
 from nas_lightning.spaces import ChainSpace
-
-
-class RecordArchs(pl.Callback):
-    def __init__(self) -> None:
-        self.archs: list[str] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.archs.append(str(pl_module.current_arch))
 
 
 def main(out: Path) -> None:

@@ -16,38 +16,14 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from _ddp_common import MicroBatches, RecordArchs
+from torch.utils.data import DataLoader
 
 from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from nas_lightning.methods import SPOS
 from nas_lightning.spaces import NB201Space
 
 STEPS, MICRO, WORLD = 4, 8, 2
-
-
-class MicroBatches(Dataset):
-    """Micro-batch ``i`` of a fixed seeded sequence; each item is already a whole batch."""
-
-    def __init__(self, indices: list[int]) -> None:
-        gen = torch.Generator().manual_seed(123)
-        self.x = torch.randn(STEPS * WORLD, MICRO, 1, 8, 8, generator=gen)
-        self.y = torch.randint(0, 5, (STEPS * WORLD, MICRO), generator=gen)
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        j = self.indices[i]
-        return self.x[j], self.y[j]
-
-
-class RecordArchs(pl.Callback):
-    def __init__(self) -> None:
-        self.archs: list[str] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.archs.append(str(pl_module.current_arch))
 
 
 def main(mode: str, out: Path) -> None:
@@ -66,7 +42,8 @@ def main(mode: str, out: Path) -> None:
     rank = trainer.global_rank
     # DDP rank r trains micro-batches r, r+2, ...; the single process trains them all in order.
     indices = list(range(rank, STEPS * WORLD, WORLD)) if mode == "ddp" else list(range(STEPS * WORLD))
-    trainer.fit(model, train_dataloaders=DataLoader(MicroBatches(indices), batch_size=None, shuffle=False))
+    loader = DataLoader(MicroBatches(indices, STEPS * WORLD, MICRO), batch_size=None, shuffle=False)
+    trainer.fit(model, train_dataloaders=loader)
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"archs": record.archs, "P": {k: v.cpu() for k, v in projection.P.items()},
                 "updates": projection.updates,
