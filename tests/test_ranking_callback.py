@@ -24,7 +24,7 @@ def space() -> ChainSpace:
 
 def fit(tmp_path: Path, callback: pl.Callback, epochs: int = 2) -> pl.Trainer:
     model = SPOS(space(), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), num_eval_archs=2)
-    data = SyntheticDataModule(num_classes=4, in_channels=1, image_size=12, num_train=128, num_test=32,
+    data = SyntheticDataModule(num_classes=4, in_channels=1, image_size=12, num_train=512, num_test=32,
                                batch_size=32, val_fraction=0.25, noise=0.5)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -49,6 +49,7 @@ def test_ranks_at_every_epoch_and_writes_consistent_files(tmp_path: Path) -> Non
     assert summary is not None and summary["epoch"] == 1
     gt = [float(r["gt_accuracy"]) for r in rows]
     inherited = [float(r["inherited_accuracy"]) for r in rows]
+    assert len(set(inherited)) > 1, "the supernet ranks every arch alike: nothing to compare"
     assert summary["supernet"]["kendall_tau"] == pytest.approx(stats.kendalltau(inherited, gt).statistic, abs=1e-6)
     # Per-seed GT gives the ceiling: seeds 0 and 1 rank the archs identically here.
     assert summary["gt_seed_to_seed_tau"] == pytest.approx(1.0)
