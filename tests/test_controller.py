@@ -10,7 +10,7 @@ import torch
 
 from nas_lightning.samplers import UniformSampler
 from nas_lightning.samplers.controller import ControllerSampler, LSTMController, reinforce_step
-from nas_lightning.spaces import ChainSpace, NB201Space
+from nas_lightning.spaces import ChainSpace, DartsSpace, NB201Space
 from nas_lightning.utils.distributed import step_generator
 
 OPS3 = ("nor_conv_1x1", "nor_conv_3x3", "skip_connect")
@@ -176,3 +176,18 @@ def test_sampler_rejects_foreign_state() -> None:
         sampler.load_state_dict({"seed": 0})
     with pytest.raises(ValueError, match="hidden_size=16"):
         sampler.load_state_dict(ControllerSampler(tiny_space(), hidden_size=8).state_dict())
+
+
+def test_controller_on_the_darts_space_with_unequal_decision_sizes() -> None:
+    """DARTS decisions have 8 ops or C(k, 2) parent pairs: every sampled arch is valid, and the
+    controller's log-probs of its own samples agree with ``log_prob``."""
+    space = DartsSpace(C=4, layers=3, num_classes=5, in_channels=1, input_size=8)
+    assert len({len(d.choices) for d in space.decisions}) > 1
+    controller = LSTMController(space, seed=0)
+    archs, log_probs, entropies = controller.sample(16, torch.Generator().manual_seed(0))
+    assert all(space.decode(str(a)) == a for a in archs)
+    torch.testing.assert_close(controller.log_prob(archs), log_probs)
+    # With untrained (near-uniform) weights the log-prob is close to that of uniform sampling.
+    uniform = -sum(math.log(len(d.choices)) for d in space.decisions)
+    assert torch.allclose(log_probs, torch.full_like(log_probs, uniform), atol=1.0)
+    assert torch.all(entropies > 0)
