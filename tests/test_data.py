@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from nas_lightning.data import (
@@ -229,16 +230,47 @@ def test_synthetic_is_learnable() -> None:
     assert correct / len(dm.test_dataset) > 0.5  # chance is 0.1
 
 
-def test_augment_keeps_shape_and_values() -> None:
-    torch.manual_seed(0)
+def test_augment_keeps_shape_and_draws_from_the_generator() -> None:
     dm = SyntheticDataModule(image_size=16, batch_size=16, augment=True)
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (16, 1, 16, 16) and y.shape == (16,)
-    plain = SyntheticDataModule(image_size=16, batch_size=16)
-    plain.setup("fit")
-    x0, y0 = next(iter(plain.train_dataloader()))
-    assert torch.equal(y, y0) and not torch.equal(x, x0)  # same samples, augmented pixels
+    x, _ = next(iter(dm.train_dataloader()))  # the loader itself does not augment
+    a = dm.augment_batch(x, torch.Generator().manual_seed(0))
+    b = dm.augment_batch(x, torch.Generator().manual_seed(0))
+    c = dm.augment_batch(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    # A crop (2 px at 16x16) moves pixels and pads with zeros; a flip only reorders them.
+    assert a.abs().sum() <= x.abs().sum() + 1e-4
+
+
+def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path: Path) -> None:
+    class Seen(pl.Callback):
+        def __init__(self) -> None:
+            self.train: list[torch.Tensor] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.train.append(batch[0].clone())
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(16 * 16, 4)
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.cross_entropy(self.lin(batch[0].flatten(1)), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    dm = SyntheticDataModule(num_classes=4, image_size=16, batch_size=8, num_train=64, val_fraction=0.25,
+                             augment=True)
+    seen = Seen()
+    pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False, callbacks=[seen],
+               default_root_dir=tmp_path).fit(Tiny(), datamodule=dm)
+    raw = list(dm.train_dataloader())[:2]
+    assert len(seen.train) == 2
+    assert all(not torch.equal(s, r[0]) for s, r in zip(seen.train, raw))  # augmented on the way in
+    assert torch.equal(dm.on_after_batch_transfer(raw[0], 0)[0], raw[0][0])  # no trainer is training now
 
 
 # -- Argument validation -------------------------------------------------------------------------------------------

@@ -100,20 +100,24 @@ def test_space_that_mismatches_the_data_is_a_clear_error(tmp_path: Path) -> None
         trainer(tmp_path, 1, enable_checkpointing=False).fit(model, datamodule=make_data())
 
 
-def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_run(tmp_path: Path, augment: bool) -> None:
     """Killed after step 9 of 3 x 6 steps: the resumed run trains the remaining batches of that epoch
-    (not the epoch again from its start) and ends with the uninterrupted run's archs and weights."""
+    (not the epoch again from its start), with the same crops and flips, and ends with the uninterrupted
+    run's archs and weights."""
     pl.seed_everything(0)
     full, full_log = make_model(), ArchLog()
-    trainer(tmp_path / "full", 3, [full_log], enable_checkpointing=False).fit(full, datamodule=make_data())
+    trainer(tmp_path / "full", 3, [full_log], enable_checkpointing=False).fit(full,
+                                                                              datamodule=make_data(augment=augment))
 
     pl.seed_everything(0)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=9, save_top_k=-1)
-    trainer(tmp_path / "a", 3, [ckpt], max_steps=9).fit(make_model(), datamodule=make_data())
+    trainer(tmp_path / "a", 3, [ckpt], max_steps=9).fit(make_model(), datamodule=make_data(augment=augment))
     (path,) = (tmp_path / "ckpt").glob("*step=9.ckpt")
     pl.seed_everything(1)
     resumed, resumed_log = make_model(), ArchLog()
-    trainer(tmp_path / "b", 3, [resumed_log]).fit(resumed, datamodule=make_data(), ckpt_path=str(path))
+    trainer(tmp_path / "b", 3, [resumed_log]).fit(resumed, datamodule=make_data(augment=augment),
+                                                   ckpt_path=str(path))
 
     assert [s for s, _ in resumed_log.steps] == list(range(9, 18))
     assert full_log.steps[9:] == resumed_log.steps

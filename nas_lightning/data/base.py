@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from nas_lightning.utils.distributed import step_generator
+
 
 class TensorImageDataset(Dataset):
     """Images and labels held as tensors: ``(N, C, H, W)`` (float, or raw ``uint8`` before normalising), ``(N,)``."""
@@ -58,17 +60,22 @@ def to_normalized_float(images: torch.Tensor, mean: Sequence[float], std: Sequen
     return out
 
 
-def random_crop_flip(images: torch.Tensor, padding: int) -> torch.Tensor:
-    """Batched random crop (zero padding, i.e. the mean after normalisation) and horizontal flip."""
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched random crop (zero padding, i.e. the mean after normalisation) and horizontal flip.
+
+    The offsets and flips are drawn on the CPU from ``generator`` (the global RNG if None), so a seeded
+    generator gives the same augmentation on any device."""
     n, c, h, w = images.shape
+    dev = images.device
     if padding > 0:
         padded = F.pad(images, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (n,))
-        dx = torch.randint(0, 2 * padding + 1, (n,))
-        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
-        images = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-    flip = torch.rand(n) < 0.5
+        dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+        images = padded[torch.arange(n, device=dev)[:, None, None, None],
+                        torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -78,17 +85,6 @@ def collate_batch(batch: Any) -> Any:
     if isinstance(batch, tuple) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch):
         return batch
     return default_collate(batch)
-
-
-class AugmentCollate:
-    """Collate, then augment the whole batch at once (picklable, so it works with worker processes)."""
-
-    def __init__(self, padding: int) -> None:
-        self.padding = padding
-
-    def __call__(self, samples: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = collate_batch(samples)
-        return random_crop_flip(images, self.padding), labels
 
 
 class ResumableSampler(DistributedSampler):
@@ -153,7 +149,8 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         train_subset: use only this many training images (seeded choice) before splitting.
         seed: seeds the subset choice, the split and the train shuffling; identical on every rank.
         image_size: resize images to this side; None keeps the native size.
-        augment: batched random crop + horizontal flip on supernet-train batches.
+        augment: batched random crop + horizontal flip on supernet-train batches, drawn from (seed, rank, epoch,
+            batch index), so resume is exact with augmentation too (``augment_batch``).
     """
 
     num_classes: int
@@ -248,10 +245,23 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         return DataLoader(dataset, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0, **kwargs)
 
-    def _train_collate(self) -> AugmentCollate | None:
-        if not self.augment:
-            return None
-        return AugmentCollate(padding=max(1, self.image_size // 8))  # 4 px at 32x32, as in the CIFAR recipe
+    def augment_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Batched random crop (4 px at 32x32, as in the CIFAR recipe) and flip of a supernet-train batch.
+        Subclasses that augment per sample (``ImageFolderDataModule``) return ``images`` unchanged."""
+        return random_crop_flip(images, padding=max(1, self.image_size // 8), generator=generator)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Augmenting here (on the device, after the loader) rather than in the loader's workers ties the
+        # random draws to (seed, rank, epoch, batch index) alone: a run resumed mid-epoch gets the crops and
+        # flips the uninterrupted run got, whatever num_workers is.
+        trainer = self.trainer
+        if not self.augment or trainer is None or not trainer.training:
+            return batch
+        images, labels = batch
+        batch_idx = trainer.fit_loop.epoch_loop.batch_progress.current.ready  # this batch's index in the epoch
+        generator = step_generator(self.seed, f"augment/rank{trainer.global_rank}/epoch{trainer.current_epoch}",
+                                   batch_idx)
+        return self.augment_batch(images, generator), labels
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.supernet_train_dataset
@@ -262,7 +272,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
                                    rank=trainer.global_rank if trainer else 0)
         return ResumableDataLoader(
             dataset, batch_size=self.batch_size, drop_last=True, sampler=sampler,
-            collate_fn=self._train_collate() or collate_batch, num_workers=self.num_workers,
+            collate_fn=collate_batch, num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
             batches_done=self._train_batches_done,
         )

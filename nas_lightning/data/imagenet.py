@@ -33,7 +33,9 @@ class ImageFolderDataModule(SplitDataModule):
     """Image folders ``root/train/<class>/*`` and ``root/val/<class>/*`` (the ImageNet layout).
 
     The official ``val/`` is the test split; supernet-val is carved out of ``train/`` by the seeded split and gets
-    the eval transform (Resize + CenterCrop). Supernet-train gets RandomResizedCrop + flip when ``augment``.
+    the eval transform (Resize + CenterCrop). Supernet-train gets RandomResizedCrop + flip when ``augment``, per
+    sample in the loader's workers (seeded by Lightning's ``seed_everything(workers=True)``), so unlike the tensor
+    datasets' batched augmentation, a mid-epoch resume does not redraw exactly the same crops.
     ``num_classes`` is the number of class folders in ``train/``.
     """
 
@@ -99,5 +101,5 @@ class ImageFolderDataModule(SplitDataModule):
         val_view.transform = self.eval_transform()
         return Subset(train, train_idx.tolist()), Subset(val_view, val_idx.tolist())
 
-    def _train_collate(self) -> None:
-        return None  # augmentation happens per sample in train_transform
+    def augment_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return images  # augmented per sample by train_transform
