@@ -18,6 +18,7 @@ from nas_lightning.data import (
     SyntheticDataModule,
 )
 from nas_lightning.data import fashion_mnist as fashion_mnist_module
+from nas_lightning.data.base import cutout
 from nas_lightning.data.idx import read_idx
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -240,6 +241,23 @@ def test_augment_keeps_shape_and_draws_from_the_generator() -> None:
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
     # A crop (2 px at 16x16) moves pixels and pads with zeros; a flip only reorders them.
     assert a.abs().sum() <= x.abs().sum() + 1e-4
+
+
+def test_cutout_zeroes_one_clipped_square_per_image() -> None:
+    images = torch.ones(64, 2, 10, 10)
+    out = cutout(images, 4, torch.Generator().manual_seed(0))
+    for img in out:
+        zero_rows = torch.nonzero((img[0] == 0).any(1)).flatten()
+        zero_cols = torch.nonzero((img[0] == 0).any(0)).flatten()
+        # One axis-aligned rectangle, the same on every channel, of side 4 unless clipped by the border.
+        assert torch.equal(img[0] == 0, img[1] == 0)
+        assert int((img[0] == 0).sum()) == len(zero_rows) * len(zero_cols)
+        assert 2 <= len(zero_rows) <= 4 and 2 <= len(zero_cols) <= 4
+        assert len(zero_rows) == 4 or zero_rows[0] == 0 or zero_rows[-1] == 9
+    sides = [int((img[0] == 0).sum()) for img in out]
+    assert sides.count(16) > 10  # most centres are far enough from the border
+    with pytest.raises(ValueError, match="augment=True"):
+        CIFAR10DataModule(root="no-such-dir", cutout=8)
 
 
 def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path: Path) -> None:

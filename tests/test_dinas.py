@@ -24,7 +24,7 @@ from nas_lightning.methods import SPOS
 from nas_lightning.methods.dinas import DINAS
 from nas_lightning.samplers import UniformSampler
 from nas_lightning.samplers.controller import ControllerSampler
-from nas_lightning.spaces import ChainSpace
+from nas_lightning.spaces import ChainSpace, DartsSpace
 from nas_lightning.utils.distributed import step_generator
 
 SEED, STEPS_PER_EPOCH, UPDATES, ARCHS = 3, 4, 3, 2
@@ -260,3 +260,30 @@ def test_ddp_ranks_keep_identical_controllers(tmp_path: Path) -> None:
     assert r0["archs"][:2 * n] == [str(uniform.sample(s)) for s in range(n)] + [str(initial.sample(s))
                                                                                   for s in range(n, 2 * n)]
     assert any(not torch.equal(v, initial.controller.state_dict()[k]) for k, v in r0["sampler"]["controller"].items())
+
+
+def test_dinas_on_the_darts_space_projects_every_conv_that_ran(tmp_path: Path) -> None:
+    """The paper's space: separable and dilated convs are depthwise (one P per channel group) and
+    FactorizedReduce runs two convs on shifted inputs. After a warm-up epoch and a controller epoch,
+    every conv and the classifier that ran has a P of its layout's shape, a conv off every path has none,
+    and the exported archs decode in the DARTS grammar."""
+    space = DartsSpace(C=4, layers=3, num_classes=4, in_channels=3, input_size=8)
+    data = SyntheticDataModule(num_classes=4, in_channels=3, image_size=8, num_train=96, num_test=16, noise=0.5,
+                               batch_size=16, eval_batch_size=16, val_fraction=1 / 3, seed=0)
+    model = DINAS(space, seed=SEED, start_epoch=1, controller_steps_per_epoch=2, archs_per_step=2,
+                  controller_hidden=16, num_eval_archs=1, max_patches=4, output_dir=str(tmp_path / "controller"),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    trainer(tmp_path, 2, enable_checkpointing=False, limit_val_batches=1).fit(model, datamodule=data)
+
+    projection = next(c for c in model.configure_callbacks() if isinstance(c, ProjectionMatrixUpdate))
+    convs = {n: m for n, m in model.supernet.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert projection.P and set(projection.P) <= set(convs) | {"classifier"}
+    depthwise = [n for n in projection.P if n in convs and convs[n].groups > 1]
+    assert depthwise and any(".preprocess" in n or "stem" in n for n in projection.P)
+    for name, P in projection.P.items():
+        layout = projection._layouts[name]
+        assert P.shape == ((layout.dim, layout.dim) if layout.groups == 1 else (layout.groups, layout.dim, layout.dim))
+        assert not torch.equal(P, layout.identity()) and torch.isfinite(P).all()
+    assert len(projection.P) < len(convs) + 1  # ops on no trained path keep P = I (not created)
+    exported = json.loads((tmp_path / "controller" / "controller_archs.json").read_text())
+    assert space.decode(exported["argmax"]["arch"]) is not None

@@ -79,6 +79,22 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def cutout(images: torch.Tensor, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Batched Cutout (DeVries & Taylor 2017, as in the DARTS code): per image, zero a ``length`` x ``length``
+    square centred on a uniformly drawn pixel, clipped at the border (zero is the mean after normalisation)."""
+    n, _, h, w = images.shape
+    dev = images.device
+    cy = torch.randint(0, h, (n,), generator=generator).to(dev)
+    cx = torch.randint(0, w, (n,), generator=generator).to(dev)
+    half = length // 2
+    rows = torch.arange(h, device=dev)[None, :]
+    cols = torch.arange(w, device=dev)[None, :]
+    in_rows = (rows >= (cy[:, None] - half)) & (rows < (cy[:, None] - half + length))
+    in_cols = (cols >= (cx[:, None] - half)) & (cols < (cx[:, None] - half + length))
+    hole = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return images.masked_fill(hole, 0.0)
+
+
 def collate_batch(batch: Any) -> Any:
     """A batch that ``TensorImageDataset.__getitems__`` already gathered passes through; lists of samples
     from other datasets are collated as usual."""
@@ -151,6 +167,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         image_size: resize images to this side; None keeps the native size.
         augment: batched random crop + horizontal flip on supernet-train batches, drawn from (seed, rank, epoch,
             batch index), so resume is exact with augmentation too (``augment_batch``).
+        cutout: with ``augment``, also cut out a square of this side from each supernet-train image (0: off).
     """
 
     num_classes: int
@@ -169,6 +186,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         seed: int = 0,
         image_size: int | None = None,
         augment: bool = False,
+        cutout: int = 0,
     ) -> None:
         super().__init__()
         _check_int("batch_size", batch_size, minimum=1)
@@ -182,6 +200,9 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         _check_int("seed", seed, minimum=0)
         if image_size is not None:
             _check_int("image_size", image_size, minimum=1)
+        _check_int("cutout", cutout, minimum=0)
+        if cutout and not augment:
+            raise ValueError(f"cutout={cutout} is part of the training augmentation: set augment=True as well")
         self.batch_size = batch_size
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers = num_workers
@@ -190,6 +211,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         self.seed = seed
         self.image_size = image_size  # subclasses replace None with the native size
         self.augment = augment
+        self.cutout = cutout
         self.supernet_train_dataset: Dataset | None = None
         self.supernet_val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
@@ -246,9 +268,10 @@ class SplitDataModule(pl.LightningDataModule, ABC):
                           persistent_workers=self.num_workers > 0, **kwargs)
 
     def augment_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Batched random crop (4 px at 32x32, as in the CIFAR recipe) and flip of a supernet-train batch.
-        Subclasses that augment per sample (``ImageFolderDataModule``) return ``images`` unchanged."""
-        return random_crop_flip(images, padding=max(1, self.image_size // 8), generator=generator)
+        """Batched random crop (4 px at 32x32, as in the CIFAR recipe), flip and optional Cutout of a
+        supernet-train batch. Subclasses that augment per sample (``ImageFolderDataModule``) return ``images``."""
+        images = random_crop_flip(images, padding=max(1, self.image_size // 8), generator=generator)
+        return cutout(images, self.cutout, generator) if self.cutout else images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Augmenting here (on the device, after the loader) rather than in the loader's workers ties the

@@ -28,10 +28,11 @@ class _CIFARDataModule(SplitDataModule):
         seed: int = 0,
         image_size: int | None = None,
         augment: bool = False,
+        cutout: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                          val_fraction=val_fraction, train_subset=train_subset, seed=seed, image_size=image_size,
-                         augment=augment)
+                         augment=augment, cutout=cutout)
         self.save_hyperparameters()
         self.in_channels = 3
         self.image_size = 32 if image_size is None else image_size
