@@ -6,6 +6,7 @@ callbacks of ``validate``. Two more commands need no Trainer of their own:
 
 - ``nas-lightning cost``: params and FLOPs of given archs for a configured space, no data needed.
 - ``nas-lightning ground-truth``: stand-alone training of a sample of archs with several seeds.
+- ``nas-lightning compare-disturbance``: the DI-NAS section 5.3 table over groups of runs and seeds.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ class NASLightningCLI(LightningCLI):
 
 
 def _commands() -> dict[str, Callable[[list[str]], object]]:
+    from nas_lightning.commands.compare_disturbance import compare_disturbance_main
     from nas_lightning.commands.cost import cost_main
     from nas_lightning.commands.ground_truth import ground_truth_main
 
-    return {"cost": cost_main, "ground-truth": ground_truth_main}
+    return {"cost": cost_main, "ground-truth": ground_truth_main, "compare-disturbance": compare_disturbance_main}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
