@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pytest
 
 from nas_lightning.search import EvolutionConfig, EvolutionResult, evolution_search, export_top_archs
 from nas_lightning.spaces import Arch, ChainSpace
+from nas_lightning.utils.atomic import atomic_write_json, strict_json
 
 # ChainSpace ops in order: nor_conv_1x1, nor_conv_3x3, skip_connect, avg_pool_3x3.
 OP_VALUE = (2, 3, 0, 1)  # per-layer score digit of each op: conv3x3 best, then conv1x1
@@ -240,3 +242,17 @@ def test_export_top_archs(tmp_path):
         assert (row["params"], row["flops"]) == space.cost(arch)
     assert rows[0]["score"] == max(r["score"] for r in rows)
     assert not [p for p in path.parent.iterdir() if p.name != "top.json"], "temporary file left behind"
+
+
+def test_a_nan_score_survives_a_strict_json_state_file(space, tmp_path):
+    """State files are strict JSON (NaN is written as null), and reading one gives the NaN back."""
+    result = evolution_search(space, Spy(), EvolutionConfig(**SMALL), progress=False)
+    arch = next(iter(result.scores))
+    result.scores[arch] = math.nan
+    path = atomic_write_json(tmp_path / "state.json", result.to_dict())
+    text = path.read_text()
+    assert "NaN" not in text and "null" in text
+    back = EvolutionResult.from_dict(space, json.loads(text))
+    assert math.isnan(back.scores[arch]) and len(back.scores) == len(result.scores)
+    assert strict_json({"a": [1.0, math.inf, (-math.inf, "x")], "b": math.nan}) == {"a": [1.0, None, [None, "x"]],
+                                                                                     "b": None}

@@ -121,19 +121,24 @@ class EvolutionResult:
 
     @classmethod
     def from_dict(cls, space: SearchSpace, d: dict[str, Any]) -> EvolutionResult:
+        """The inverse of ``to_dict``, also after a strict-JSON file turned NaN scores into null."""
         version = d.get("version")
         if version != STATE_VERSION:
             raise ValueError(f"evolution state version {version!r} is not supported (expected {STATE_VERSION})")
         state = d.get("generator_state")
         return cls(
-            top=[(space.decode(a), float(s)) for a, s in d["top"]],
+            top=[(space.decode(a), _score(s)) for a, s in d["top"]],
             history=[dict(h) for h in d["history"]],
-            scores={space.decode(a): float(s) for a, s in d["scores"]},
+            scores={space.decode(a): _score(s) for a, s in d["scores"]},
             infeasible={space.decode(a) for a in d.get("infeasible", [])},
             generation=int(d["generation"]),
             generator_state=None if state is None else [int(x) for x in state],
             config=d.get("config"),
         )
+
+
+def _score(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _sort_key(item: tuple[Arch, float]) -> tuple[float, tuple[int, ...]]:
