@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from callbacks._paths import output_dir
 from nas_lightning.evaluation.inherited import Batch
-from nas_lightning.methods.supernet_module import SupernetModule
+from nas_lightning.methods.supernet_module import SupernetModule, require_sampler
 from nas_lightning.samplers.controller import ControllerSampler
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.utils.atomic import atomic_write_json
@@ -98,11 +98,7 @@ class ControllerStep(pl.Callback):
 
     @staticmethod
     def _sampler(pl_module: pl.LightningModule) -> ControllerSampler:
-        sampler = getattr(pl_module, "sampler", None)
-        if not isinstance(pl_module, SupernetModule) or not isinstance(sampler, ControllerSampler):
-            raise TypeError(f"ControllerStep needs a SupernetModule whose sampler is a ControllerSampler (e.g. DINAS), "
-                            f"got {type(pl_module).__name__} with {type(sampler).__name__}")
-        return sampler
+        return require_sampler(pl_module, ControllerSampler, "ControllerStep", "DINAS")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._sampler(pl_module)

@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from callbacks._paths import output_dir
 from nas_lightning.evaluation.inherited import Batch
-from nas_lightning.methods.supernet_module import SupernetModule
+from nas_lightning.methods.supernet_module import SupernetModule, require_sampler
 from nas_lightning.samplers.pool import PartialModelPool, PoolSampler, top_partial_models
 from nas_lightning.search.potential import PotentialResult, potentials
 from nas_lightning.spaces.base import SearchSpace
@@ -107,11 +107,7 @@ class PoolShrinking(pl.Callback):
 
     @staticmethod
     def _sampler(pl_module: pl.LightningModule) -> PoolSampler:
-        sampler = getattr(pl_module, "sampler", None)
-        if not isinstance(pl_module, SupernetModule) or not isinstance(sampler, PoolSampler):
-            raise TypeError(f"PoolShrinking needs a SupernetModule with a PoolSampler (e.g. PCNAS), "
-                            f"got {type(pl_module).__name__} with {type(sampler).__name__}")
-        return sampler
+        return require_sampler(pl_module, PoolSampler, "PoolShrinking", "PCNAS")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = self._sampler(pl_module)

@@ -14,11 +14,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks.pool_shrinking import shrink, shrink_due
+from callbacks.pool_shrinking import PoolShrinking, shrink, shrink_due
 from nas_lightning.commands.cost import read_arch_file
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.latency import FlopsProxy, LatencyModel, LatencyTable
+from nas_lightning.methods import SPOS
 from nas_lightning.methods.pcnas import PCNAS
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
@@ -159,6 +160,11 @@ def fit(model: PCNAS, root: Path, max_epochs: int, callbacks=(), ckpt_path: str 
                    enable_checkpointing=bool(callbacks), callbacks=list(callbacks))
     t.fit(model, datamodule=make_data(), ckpt_path=ckpt_path)
     return t
+
+
+def test_pool_shrinking_needs_a_pool_sampler(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="PoolShrinking needs a SupernetModule whose sampler is a PoolSampler"):
+        fit(SPOS(chain3()), tmp_path, 1, callbacks=[PoolShrinking()])
 
 
 @pytest.mark.slow

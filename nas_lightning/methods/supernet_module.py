@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,18 @@ from nas_lightning.samplers.base import ArchSampler
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.utils.distributed import reduce_sum, step_generator
+
+SamplerT = TypeVar("SamplerT", bound=ArchSampler)
+
+
+def require_sampler(module: Any, sampler_type: type[SamplerT], needed_by: str, example: str) -> SamplerT:
+    """``module.sampler`` if ``module`` is a ``SupernetModule`` whose sampler is a ``sampler_type``; otherwise a
+    TypeError naming what ``needed_by`` (a callback) got, and a method (``example``) that has one."""
+    sampler = getattr(module, "sampler", None)
+    if not isinstance(module, SupernetModule) or not isinstance(sampler, sampler_type):
+        raise TypeError(f"{needed_by} needs a SupernetModule whose sampler is a {sampler_type.__name__} "
+                        f"(e.g. {example}), got {type(module).__name__} with {type(sampler).__name__}")
+    return sampler
 
 
 class SupernetModule(NASModule):
