@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
@@ -123,3 +124,14 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_run(tmp_path
     assert full_log.steps[9:] == resumed_log.steps
     for (name, p), q in zip(full.supernet.named_parameters(), resumed.supernet.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_method_seed_beside_another_data_seed_logs_both(tmp_path: Path) -> None:
+    """Lightning refuses to merge module and data hparams that share a key with different values; the data
+    module's reach the logger under ``data.``, so a seed sweep over the method with a fixed split runs."""
+    model = SPOS(make_space(), seed=1, num_eval_archs=1)
+    logger = pl.loggers.CSVLogger(tmp_path, name="logs")
+    pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, logger=logger, enable_checkpointing=False,
+               enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=make_data())
+    hparams = yaml.safe_load(Path(logger.log_dir, "hparams.yaml").read_text())
+    assert hparams["seed"] == 1 and hparams["data.seed"] == 0 and hparams["data.batch_size"] == 32

@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.parsing import AttributeDict
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from nas_lightning.utils.distributed import step_generator
@@ -215,6 +216,12 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         self.supernet_train_dataset: Dataset | None = None
         self.supernet_val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None
+
+    @property
+    def hparams_initial(self) -> AttributeDict:
+        """The hyperparameters loggers get, each under ``data.``: Lightning merges them with the method's and
+        refuses keys both have with different values, such as a method seed 1 beside a data seed 0."""
+        return AttributeDict({k if k == "_class_path" else f"data.{k}": v for k, v in super().hparams_initial.items()})
 
     # -- subclass hooks -------------------------------------------------------------------------------------------
 
