@@ -13,7 +13,9 @@ The accuracy history is search state: it is checkpointed, and the CSVs are rewri
 Optionally it also computes the disturbance matrix of Fig. 1b (``matrix_archs`` > 0) on a copy of the
 supernet, at the end of fit or after every validation epoch. Every rank computes it, on its own
 batches, with gradients averaged and evaluation totals summed over ranks as DDP does, so every rank
-runs the same collectives and holds the same matrix; rank 0 writes it.
+runs the same collectives and holds the same matrix; rank 0 writes it. The copy trains with the
+method's own update: a callback that offers ``disturbance_step_rule`` (DI-NAS's ``ProjectionMatrixUpdate``
+projects the copy's gradients with its P) adds it to every step of the matrix.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from nas_lightning.evaluation.inherited import Batch
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.metrics.disturbance import (
     DisturbanceMatrix,
+    StepRuleFactory,
     disturbance_matrix,
     epoch_metrics,
     save_disturbance_matrix,
@@ -77,13 +80,15 @@ class DisturbanceMetrics(pl.Callback):
         matrix_archs: n archs of the disturbance matrix (0: no matrix).
         matrix_at: compute the matrix at the ``"end"`` of fit or after ``"every"`` validation epoch.
         matrix_steps: optimiser steps per arch in the matrix (Fig. 1b: 1).
+        matrix_lr: learning rate of the matrix's steps; None: the run's current one (0 at the end of a
+            schedule that decays to 0, where the matrix would train nothing).
         seed: seed of the fixed set and of the matrix archs.
         output_dir: where CSVs and PNGs go (default: ``<trainer.log_dir or default_root_dir>/disturbance``).
     """
 
     def __init__(self, num_archs: int = 64, interval: int = 1, ground_truth: str | None = None,
                  matrix_archs: int = 0, matrix_at: Literal["end", "every"] = "end", matrix_steps: int = 1,
-                 seed: int = 0, output_dir: str | None = None) -> None:
+                 matrix_lr: float | None = None, seed: int = 0, output_dir: str | None = None) -> None:
         if num_archs < 2:
             raise ValueError(f"num_archs must be >= 2 (a ranking needs two archs), got {num_archs}")
         if interval < 1:
@@ -92,8 +97,11 @@ class DisturbanceMetrics(pl.Callback):
             raise ValueError(f"need matrix_archs >= 0 and matrix_steps >= 1, got {matrix_archs}, {matrix_steps}")
         if matrix_at not in ("end", "every"):
             raise ValueError(f"matrix_at must be 'end' or 'every', got {matrix_at!r}")
+        if matrix_lr is not None and not matrix_lr > 0:
+            raise ValueError(f"matrix_lr must be > 0 (or None for the run's current learning rate), got {matrix_lr}")
         self.num_archs, self.interval, self.ground_truth_path = num_archs, interval, ground_truth
         self.matrix_archs, self.matrix_at, self.matrix_steps = matrix_archs, matrix_at, matrix_steps
+        self.matrix_lr = matrix_lr
         self.seed, self.output_dir = seed, output_dir
         self.archs: list[Arch] = []
         self.gt_acc: list[float] | None = None
@@ -190,24 +198,38 @@ class DisturbanceMetrics(pl.Callback):
         self.last_matrix = disturbance_matrix(
             pl_module.supernet, self.matrix_arch_list, list(self._train_batches), pl_module.val_batches,
             self._optimizer_factory(trainer, pl_module), self.matrix_steps, pl_module.calibration_batches(),
-            pl_module.label_smoothing, lambda t: reduce_sum(t, trainer), trainer.world_size)
+            pl_module.label_smoothing, lambda t: reduce_sum(t, trainer), trainer.world_size,
+            self._step_rule(trainer))
         out = self._out(trainer)
         if trainer.is_global_zero:
             csv_path, _ = save_disturbance_matrix(self.last_matrix, out / f"disturbance_matrix_{tag}")
             rank_zero_info(f"DisturbanceMetrics: disturbance matrix written to {csv_path}")
 
     @staticmethod
-    def _optimizer_factory(trainer: pl.Trainer, pl_module: SupernetModule):
-        """The method's optimiser factory, at the learning rate the run uses now (so a schedule is followed)."""
+    def _step_rule(trainer: pl.Trainer) -> StepRuleFactory | None:
+        """The method's own step rule (a callback with ``disturbance_step_rule``, e.g. DI-NAS's projection)."""
+        rules = [cb.disturbance_step_rule(trainer) for cb in trainer.callbacks if hasattr(cb, "disturbance_step_rule")]
+        if len(rules) > 1:
+            raise ValueError(f"DisturbanceMetrics can apply one step rule to its matrix, found {len(rules)} callbacks "
+                             "with disturbance_step_rule")
+        return rules[0] if rules else None
+
+    def _optimizer_factory(self, trainer: pl.Trainer, pl_module: SupernetModule):
+        """The method's optimiser factory at ``matrix_lr``, or else at the learning rate the run uses now (so
+        a schedule is followed)."""
         own = {id(p) for p in pl_module.supernet.parameters()}
         lrs = [g["lr"] for opt in trainer.optimizers for g in opt.param_groups
                if any(id(p) in own for p in g["params"])]
+        lr = self.matrix_lr if self.matrix_lr is not None else lrs[0] if lrs else None
+        if lr == 0:
+            rank_zero_warn("DisturbanceMetrics: the run's learning rate is 0 now (the end of its schedule), so the "
+                           "disturbance matrix trains nothing; set matrix_lr or matrix_at='every'")
 
         def factory(params):
             optimizer = pl_module.optimizer_factory(params)
-            if lrs:
+            if lr is not None:
                 for group in optimizer.param_groups:
-                    group["lr"] = lrs[0]
+                    group["lr"] = lr
             return optimizer
 
         return factory

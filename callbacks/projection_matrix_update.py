@@ -22,7 +22,7 @@ recorded on those steps. P is this callback's checkpointed state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -97,6 +97,45 @@ def fold_features(layers: Mapping[str, nn.Module], layouts: Mapping[str, LayerLa
             P[name] = layout.identity(device)
         X = layer_features(module, layout, means[name].to(device), max_patches, generator)
         P[name] = woodbury_update(_on_device(P, name, device), X, alpha)
+
+
+class ProjectedSteps:
+    """``ProjectionMatrixUpdate``'s update on another copy of the supernet, such as the disturbance matrix's
+    (a ``StepRule``): gradients projected with a private copy of P, into which each step's mean inputs are
+    folded after the step, as in the run. The run's own P is never touched.
+
+    Args:
+        net: the copy; its layers are selected as the callback selects the supernet's (same names).
+        P: the run's projection matrices (copied).
+        alpha, layers, max_patches, seed: as the callback's (alpha at the run's current progress).
+        trainer: for the DDP sum of the inputs (None: one process).
+    """
+
+    def __init__(self, net: nn.Module, P: Mapping[str, torch.Tensor], alpha: float, layers: str, max_patches: int,
+                 seed: int, trainer: pl.Trainer | None = None) -> None:
+        self.modules = select_layers(net, layers)
+        self.layouts = {name: LayerLayout.of(m) for name, m in self.modules.items()}
+        self.P = {name: p.clone() for name, p in P.items()}
+        self.alpha, self.max_patches, self.seed, self.trainer = alpha, max_patches, seed, trainer
+        self.steps = 0
+        self._recorder = LayerInputRecorder(self.modules)
+
+    def begin_step(self) -> None:
+        self._recorder.active = True
+
+    def before_optimizer_step(self) -> None:
+        self._recorder.active = False
+        project_gradients(self.modules, self.layouts, self.P)
+
+    def end_step(self) -> None:
+        sums = self._recorder.pop()
+        if sums:
+            fold_features(self.modules, self.layouts, self.P, mean_inputs(sums, self.trainer), self.alpha,
+                          self.max_patches, step_generator(self.seed, "owm-patches-copy", self.steps))
+        self.steps += 1
+
+    def close(self) -> None:
+        self._recorder.remove()
 
 
 class ProjectionMatrixUpdate(pl.Callback):
@@ -187,6 +226,14 @@ class ProjectionMatrixUpdate(pl.Callback):
         fold_features(self._modules, self._layouts, self.P, mean_inputs(sums, trainer), alpha, self.max_patches,
                       step_generator(self.seed, "owm-patches", step))
         self.updates += 1
+
+    # --- the same update on a copy ------------------------------------------------------------------
+    def disturbance_step_rule(self, trainer: pl.Trainer) -> Callable[[nn.Module], ProjectedSteps]:
+        """A ``StepRule`` factory for ``DisturbanceMetrics``: its matrix trains a copy of the supernet with
+        this projection (the current P and alpha), so it measures DI-NAS's disturbance, not SGD's."""
+        progress = trainer.global_step / max(self._total_steps, 1.0)
+        alpha = alpha_at(self.alpha, progress, self.alpha_decay)
+        return lambda net: ProjectedSteps(net, self.P, alpha, self.layers, self.max_patches, self.seed, trainer)
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import pytorch_lightning as pl
 import torch
 
 from callbacks.controller_step import ControllerStep, controller_batches, controller_updates
-from callbacks.projection_matrix_update import ProjectionMatrixUpdate
+from callbacks.disturbance_metrics import DisturbanceMetrics
+from callbacks.projection_matrix_update import ProjectedSteps, ProjectionMatrixUpdate
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.methods import SPOS
@@ -217,6 +218,20 @@ def test_resume_from_a_checkpoint_written_before_the_epochs_updates(full_run, tm
     trainer(tmp_path / "b", 3, [record]).fit(resumed, datamodule=make_data(), ckpt_path=str(path))
     assert record.steps == full_record.steps[2 * STEPS_PER_EPOCH:]
     _assert_same_search_state(full, resumed)
+
+
+def test_disturbance_matrix_trains_with_the_projection(full_run) -> None:
+    """DisturbanceMetrics's matrix uses the method's own step: with DI-NAS, ProjectionMatrixUpdate's rule
+    (its P, at its alpha); the rule's P starts as a copy of the run's."""
+    model, _, t, _ = full_run
+    factory = DisturbanceMetrics._step_rule(t)
+    projection = next(c for c in t.callbacks if isinstance(c, ProjectionMatrixUpdate))
+    rule = factory(copy.deepcopy(model.supernet))
+    assert isinstance(rule, ProjectedSteps) and rule.alpha == projection.alpha and set(rule.P) == set(projection.P)
+    assert all(torch.equal(rule.P[n], projection.P[n]) and rule.P[n] is not projection.P[n] for n in rule.P)
+    rule.close()
+    plain = trainer(Path(t.default_root_dir), 1, [ControllerStep(start_epoch=5)])
+    assert DisturbanceMetrics._step_rule(plain) is None
 
 
 def test_dinas_lists_its_callbacks_and_projection_can_be_turned_off() -> None:

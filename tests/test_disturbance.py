@@ -20,6 +20,12 @@ import torch.nn.functional as F
 from scipy import stats
 
 from callbacks.disturbance_metrics import DisturbanceMetrics, draw_archs
+from callbacks.projection_matrix_update import (
+    ProjectedSteps,
+    fold_features,
+    mean_inputs,
+    select_layers,
+)
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.methods import SPOS
@@ -31,6 +37,8 @@ from nas_lightning.metrics.disturbance import (
     performance_change,
     save_disturbance_matrix,
 )
+from nas_lightning.projection.layer_inputs import LayerInputRecorder
+from nas_lightning.projection.owm import LayerLayout, gradient_matrix
 from nas_lightning.spaces import ChainSpace
 from nas_lightning.utils import step_generator
 
@@ -147,6 +155,101 @@ def test_matrix_entry_i_j_is_arch_i_right_after_arch_j_was_trained() -> None:
     torch.testing.assert_close(doubled.table(), result.table())
 
 
+class RecordingRule:
+    """A StepRule that logs its calls and what the gradients were at each."""
+
+    def __init__(self, net) -> None:
+        self.net, self.calls = net, []
+
+    def _grads(self) -> bool:
+        return any(p.grad is not None for p in self.net.parameters())
+
+    def begin_step(self) -> None:
+        self.calls.append(("begin", self._grads()))
+
+    def before_optimizer_step(self) -> None:
+        self.calls.append(("before", self._grads()))
+
+    def end_step(self) -> None:
+        self.calls.append(("end", self._grads()))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
+def test_matrix_runs_the_step_rule_on_its_copy_around_every_step() -> None:
+    torch.manual_seed(0)
+    sp = space()
+    net = sp.build_supernet()
+    archs = draw_archs(sp, 3, step_generator(0, "m", 0))
+    rules: list[RecordingRule] = []
+
+    def factory(copy_net):
+        rules.append(RecordingRule(copy_net))
+        return rules[-1]
+
+    disturbance_matrix(net, archs, batches(2, seed=2), batches(1, seed=1), lambda p: torch.optim.SGD(p, lr=0.1),
+                       steps_per_arch=2, step_rule=factory)
+    (rule,) = rules
+    assert rule.net is not net  # the copy, never the run's supernet
+    # Six steps: no gradient when a step begins, gradients before the optimiser steps; then close.
+    assert rule.calls == [("begin", False), ("before", True), ("end", True)] * 6 + [("close", None)]
+
+
+def test_projected_steps_project_with_a_copy_of_P_and_fold_each_steps_inputs() -> None:
+    """DI-NAS's rule on a copy: the gradient becomes G @ P (eq. 6) with the run's P, the step's mean input
+    is folded into the rule's own P afterwards (eq. 8), and the run's P is untouched."""
+    torch.manual_seed(0)
+    sp = space()
+    net = sp.build_supernet()
+    arch = sp.decode("|nor_conv_3x3|nor_conv_1x1|")
+    x, y = batches(1, seed=3)[0]
+    layers = select_layers(net, "all")
+    layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
+    run_P: dict[str, torch.Tensor] = {}
+    # The run has already folded another batch's inputs (through its own recorder) into its P.
+    recorder = LayerInputRecorder(layers)
+    recorder.active = True
+    F.cross_entropy(net(batches(1, seed=4)[0][0], arch), y).backward()
+    recorder.remove()
+    fold_features(layers, layouts, run_P, mean_inputs(recorder.pop(), None), 0.5, 4, torch.Generator().manual_seed(0))
+    net.zero_grad(set_to_none=True)
+    snapshot = {n: p.clone() for n, p in run_P.items()}
+
+    rule = ProjectedSteps(net, run_P, alpha=0.5, layers="all", max_patches=4, seed=0)
+    rule.begin_step()
+    F.cross_entropy(net(x, arch), y).backward()
+    raw = {n: None if (g := gradient_matrix(m, layouts[n])) is None else g.clone() for n, m in layers.items()}
+    rule.before_optimizer_step()
+    for name, module in layers.items():
+        if raw[name] is None:
+            assert module.weight.grad is None
+            continue
+        want = raw[name] @ run_P[name] if name in run_P else raw[name]
+        torch.testing.assert_close(gradient_matrix(module, layouts[name]), want)
+    with torch.no_grad():
+        net(x, arch)  # an evaluation pass between steps is not a feature
+    rule.end_step()
+    rule.close()
+
+    expected = {n: p.clone() for n, p in run_P.items()}
+    layer_means = {}
+    for name, module in layers.items():
+        if raw[name] is not None:
+            inputs = []
+            handle = module.register_forward_pre_hook(lambda m, a, inputs=inputs: inputs.append(a[0].detach()))
+            net(x, arch)
+            handle.remove()
+            layer_means[name] = inputs[0].float().mean(0)
+    fold_features(layers, layouts, expected, layer_means, 0.5, 4, step_generator(0, "owm-patches-copy", 0))
+    assert set(rule.P) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(rule.P[name], expected[name])
+    for name, P in run_P.items():
+        assert torch.equal(P, snapshot[name]), name
+    assert any(not torch.equal(rule.P[n], snapshot[n]) for n in snapshot)
+
+
 def test_matrix_files_are_a_csv_and_a_png(tmp_path: Path) -> None:
     sp = space()
     archs = draw_archs(sp, 3, step_generator(0, "m", 0))
@@ -230,6 +333,23 @@ def test_matrix_does_not_disturb_the_training_run(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "disturbance_matrix_epoch1.csv").exists()
     for (name, p), q in zip(plain.supernet.state_dict().items(), measured.supernet.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_matrix_lr_replaces_a_schedule_that_ended_at_zero(tmp_path: Path) -> None:
+    def cosine_run(root: Path, **kw) -> DisturbanceMetrics:
+        cb = DisturbanceMetrics(num_archs=3, matrix_archs=3, matrix_at="end", output_dir=str(root), **kw)
+        m = SPOS(space(), seed=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), num_eval_archs=0,
+                 lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=2))
+        pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   enable_checkpointing=False, callbacks=[cb]).fit(m, datamodule=data())
+        return cb
+
+    with pytest.warns(UserWarning, match="learning rate is 0"):
+        ended = cosine_run(tmp_path / "a")
+    assert torch.equal(ended.last_matrix.after, ended.last_matrix.before[:, None].expand(3, 3))
+    fixed = cosine_run(tmp_path / "b", matrix_lr=0.5)
+    assert not torch.equal(fixed.last_matrix.after, fixed.last_matrix.before[:, None].expand(3, 3))
 
 
 def test_resume_restores_the_history(tmp_path: Path) -> None:

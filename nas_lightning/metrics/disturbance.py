@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ from nas_lightning.utils.atomic import atomic_write_text
 
 __all__ = [
     "DisturbanceMatrix",
+    "StepRule",
+    "StepRuleFactory",
     "disturbance_matrix",
     "epoch_ktau",
     "epoch_metrics",
@@ -48,6 +51,27 @@ __all__ = [
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 ReduceSum = Callable[[Tensor], Tensor]
+
+
+class StepRule(Protocol):
+    """What a method does to a training step beyond forward, backward and the optimiser (e.g. DI-NAS's
+    gradient projection), applied to the disturbance matrix's copy of the supernet so that the matrix
+    measures the method's own update. Built by a factory from that copy."""
+
+    def begin_step(self) -> None:
+        """Before the step's forward."""
+
+    def before_optimizer_step(self) -> None:
+        """After backward (and the DDP gradient average), before ``optimizer.step()``."""
+
+    def end_step(self) -> None:
+        """After ``optimizer.step()``."""
+
+    def close(self) -> None:
+        """The matrix is done with the copy (remove hooks)."""
+
+
+StepRuleFactory = Callable[[Supernet], StepRule]
 
 
 def _vector(x: Tensor | Sequence[float], name: str) -> Tensor:
@@ -96,10 +120,13 @@ class DisturbanceMatrix:
 
 
 def _train_step(net: Supernet, arch: Arch, batch: Batch, optimizer: torch.optim.Optimizer,
-                label_smoothing: float, reduce_sum: ReduceSum | None, world_size: int) -> None:
+                label_smoothing: float, reduce_sum: ReduceSum | None, world_size: int,
+                rule: StepRule | None) -> None:
     device = next(net.parameters()).device
     x, y = batch[0].to(device), batch[1].to(device)
     optimizer.zero_grad(set_to_none=True)
+    if rule is not None:
+        rule.begin_step()
     loss = F.cross_entropy(net(x, arch), y, label_smoothing=label_smoothing)
     loss.backward()
     if reduce_sum is not None and world_size > 1:
@@ -109,13 +136,18 @@ def _train_step(net: Supernet, arch: Arch, batch: Batch, optimizer: torch.optim.
         flat = reduce_sum(torch.cat([g.flatten() for g in grads])) / world_size
         for g, new in zip(grads, torch.split(flat, [g.numel() for g in grads])):
             g.copy_(new.view_as(g))
+    if rule is not None:
+        rule.before_optimizer_step()
     optimizer.step()
+    if rule is not None:
+        rule.end_step()
 
 
 def disturbance_matrix(supernet: Supernet, archs: Sequence[Arch], train_batches: Sequence[Batch],
                        val_batches: Sequence[Batch], optimizer_factory: OptimizerFactory, steps_per_arch: int = 1,
                        calibration: Sequence[Batch] = (), label_smoothing: float = 0.0,
-                       reduce_sum: ReduceSum | None = None, world_size: int = 1) -> DisturbanceMatrix:
+                       reduce_sum: ReduceSum | None = None, world_size: int = 1,
+                       step_rule: StepRuleFactory | None = None) -> DisturbanceMatrix:
     """The disturbance matrix of DI-NAS Fig. 1b, computed on a deep copy of ``supernet``.
 
     ``archs[j]`` is trained for ``steps_per_arch`` optimiser steps (cross-entropy, one batch per step)
@@ -123,6 +155,7 @@ def disturbance_matrix(supernet: Supernet, archs: Sequence[Arch], train_batches:
     a fresh optimiser ``optimizer_factory(copy.parameters())`` shared by the whole sequence. After each
     arch, every arch is evaluated with ``evaluate_archs`` on ``val_batches`` (BN recalibrated on
     ``calibration`` when given). ``supernet`` itself, its BN buffers and its gradients are untouched.
+    ``step_rule``, given the copy, adds the method's own update to every training step (``StepRule``).
 
     Under DDP, call it on every rank with that rank's batches, ``reduce_sum`` summing a tensor over
     ranks and ``world_size``: gradients are averaged as DDP averages them and the evaluation totals are
@@ -150,14 +183,19 @@ def disturbance_matrix(supernet: Supernet, archs: Sequence[Arch], train_batches:
         for p in net.parameters():
             p.grad = None
         optimizer = optimizer_factory(net.parameters())
-        before = accuracy(net)
-        columns = []
-        for j, arch in enumerate(archs):
-            net.train()
-            for s in range(steps_per_arch):
-                batch = train_batches[(j * steps_per_arch + s) % len(train_batches)]
-                _train_step(net, arch, batch, optimizer, label_smoothing, reduce_sum, world_size)
-            columns.append(accuracy(net))
+        rule = step_rule(net) if step_rule is not None else None
+        try:
+            before = accuracy(net)
+            columns = []
+            for j, arch in enumerate(archs):
+                net.train()
+                for s in range(steps_per_arch):
+                    batch = train_batches[(j * steps_per_arch + s) % len(train_batches)]
+                    _train_step(net, arch, batch, optimizer, label_smoothing, reduce_sum, world_size, rule)
+                columns.append(accuracy(net))
+        finally:
+            if rule is not None:
+                rule.close()
     return DisturbanceMatrix(archs, before, torch.stack(columns, dim=1))
 
 
