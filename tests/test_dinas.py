@@ -267,6 +267,7 @@ def test_ddp_ranks_keep_identical_controllers(tmp_path: Path) -> None:
         torch.testing.assert_close(r1["sampler"]["optimizer"]["state"][k], v, rtol=0, atol=0)
     for name, P in r0["P"].items():
         torch.testing.assert_close(r1["P"][name], P, rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(r1["matrix"], r0["matrix"], rtol=0, atol=0)  # trained with the projection, per rank
     # What one process would draw: uniform warm-up, then the untrained controller's draws in epoch 1.
     n = r0["steps_per_epoch"]
     uniform = UniformSampler(make_space(), seed=SEED)

@@ -1,5 +1,5 @@
 """Train DI-NAS as a 2-process DDP job (gloo, CPU) for three epochs (one of warm-up); save each rank's
-sampled archs, controller state and projection matrices.
+sampled archs, controller state, projection matrices and disturbance matrix (trained with the projection).
 
 Run by tests/test_dinas.py: ``python tests/scripts/ddp_dinas.py OUT_DIR``.
 """
@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from _ddp_common import RecordArchs
 
+from callbacks.disturbance_metrics import DisturbanceMetrics
 from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.methods.dinas import DINAS
@@ -28,14 +29,17 @@ def main(out: Path) -> None:
     data = SyntheticDataModule(num_classes=4, in_channels=1, image_size=8, num_train=192, num_test=32, noise=0.5,
                                batch_size=32, eval_batch_size=16, val_fraction=0.25, seed=0)
     record = RecordArchs()
+    disturbance = DisturbanceMetrics(num_archs=3, matrix_archs=2, matrix_at="end", matrix_lr=0.05,
+                                     output_dir=str(out / "disturbance"))
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=out / "run",
-                         callbacks=[record])
+                         callbacks=[record, disturbance])
     trainer.fit(model, datamodule=data)
     (projection,) = [c for c in trainer.callbacks if isinstance(c, ProjectionMatrixUpdate)]
     torch.save({"archs": record.archs, "sampler": model.sampler.state_dict(), "P": projection.P,
-                "steps_per_epoch": trainer.num_training_batches}, out / f"rank{trainer.global_rank}.pt")
+                "steps_per_epoch": trainer.num_training_batches, "matrix": disturbance.last_matrix.table()},
+               out / f"rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":
