@@ -7,6 +7,7 @@ callbacks of ``validate``. Two more commands need no Trainer of their own:
 - ``nas-lightning cost``: params and FLOPs of given archs for a configured space, no data needed.
 - ``nas-lightning ground-truth``: stand-alone training of a sample of archs with several seeds.
 - ``nas-lightning compare-disturbance``: the DI-NAS section 5.3 table over groups of runs and seeds.
+- ``nas-lightning measure-latency``: a PC-NAS latency lookup table, measured on this machine's device.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ def _commands() -> dict[str, Callable[[list[str]], object]]:
     from nas_lightning.commands.compare_disturbance import compare_disturbance_main
     from nas_lightning.commands.cost import cost_main
     from nas_lightning.commands.ground_truth import ground_truth_main
+    from nas_lightning.commands.measure_latency import measure_latency_main
 
-    return {"cost": cost_main, "ground-truth": ground_truth_main, "compare-disturbance": compare_disturbance_main}
+    return {"cost": cost_main, "ground-truth": ground_truth_main, "compare-disturbance": compare_disturbance_main,
+            "measure-latency": measure_latency_main}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

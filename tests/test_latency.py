@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import nas_lightning.latency.table as table_module
+from nas_lightning.cli import main
+from nas_lightning.commands.measure_latency import latency_range
 from nas_lightning.latency.table import LatencyTable, LatencyTableMismatch, measure_latency
 from nas_lightning.spaces.mobilenet import MobileNetSpace
 
@@ -107,3 +109,22 @@ def test_table_predicts_end_to_end_latency() -> None:
         if abs(ratios[-1] - 1) < 0.25:
             break
     assert abs(ratios[-1] - 1) < 0.25, f"table / end-to-end latency ratios {ratios}"
+
+
+def test_measure_latency_command_writes_a_table_that_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "table.json"
+    args = ["measure-latency", "--space", "nas_lightning.spaces.MobileNetSpace", "--space.width_mult", "0.25",
+            "--space.num_classes", "5", "--space.input_size", "16", "--space.depths", "[2, 1, 1, 1, 1, 1]",
+            "--output", str(out), "--repeats", "1", "--warmup", "0", "--batch_size", "2"]
+    main(args)
+    table = LatencyTable.load(tiny(), out)
+    fastest, slowest = latency_range(table)
+    printed = capsys.readouterr().out
+    assert f"archs from {fastest:.3f} to {slowest:.3f} ms" in printed and 0 < fastest < slowest
+    archs = [tiny().sample(torch.Generator().manual_seed(i)) for i in range(20)]
+    assert all(fastest - 1e-9 <= table(a) <= slowest + 1e-9 for a in archs)
+    assert table.metadata["batch_size"] == 2
+    with pytest.raises(FileExistsError, match="--overwrite true"):
+        main(args)
+    with pytest.raises(LatencyTableMismatch, match="width_mult"):
+        LatencyTable.load(tiny(width_mult=0.5), out)

@@ -162,6 +162,14 @@ def fit(model: PCNAS, root: Path, max_epochs: int, callbacks=(), ckpt_path: str 
     return t
 
 
+def test_latency_table_file_errors_say_what_to_do(tmp_path: Path) -> None:
+    space = MobileNetSpace("small", width_mult=0.25, num_classes=4, in_channels=1, input_size=8, depths=[1] * 6)
+    with pytest.raises(FileNotFoundError, match="nas-lightning measure-latency --space"):
+        PCNAS(space, latency_table=str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="not both"):
+        PCNAS(space, latency_table=str(tmp_path / "missing.json"), latency_model=FlopsProxy(space))
+
+
 def test_pool_shrinking_needs_a_pool_sampler(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="PoolShrinking needs a SupernetModule whose sampler is a PoolSampler"):
         fit(SPOS(chain3()), tmp_path, 1, callbacks=[PoolShrinking()])
@@ -241,11 +249,12 @@ def test_pcnas_on_the_mobilenet_space_under_a_latency_table(tmp_path: Path) -> N
             for op in MOBILENET_SMALL_OPS}
     table = {"metadata": {"space": space.config()}, "fixed": {"stem": 0.5, "head": 0.5},
              "layers": [{op: cost[op] for op in d.choices} for d in space.decisions]}
+    (tmp_path / "table.json").write_text(json.dumps(table))
     latency = LatencyTable.from_dict(space, table)
     limit = 8.0
     model = PCNAS(space, seed=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), pool_size=2,
                   num_completions=4, warmup_epochs=1, interval_epochs=1, num_eval_archs=0, num_val_batches=1,
-                  max_latency=limit, latency_model=latency, output_dir=str(tmp_path / "pcnas"))
+                  max_latency=limit, latency_table=str(tmp_path / "table.json"), output_dir=str(tmp_path / "pcnas"))
     fit(model, tmp_path, max_epochs=1 + space.num_decisions)
     rows = json.loads((tmp_path / "pcnas" / "final_pool.json").read_text())
     assert len(rows) == 2

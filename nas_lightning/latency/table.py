@@ -188,10 +188,24 @@ class LatencyTable(LatencyModel):
         self._set_table(table)
 
     @classmethod
-    def from_dict(cls, space: SearchSpace, table: dict[str, Any]) -> LatencyTable:
+    def load(cls, space: SearchSpace, path: str | os.PathLike[str]) -> LatencyTable:
+        """A table measured before (``nas-lightning measure-latency``), as it is: every DDP rank reads the same
+        numbers, and nothing is measured on the training machine. It must match ``space``."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"latency table {path} does not exist; measure it on the target device first, e.g. "
+                f"nas-lightning measure-latency --space {type(space).__module__}.{type(space).__name__} "
+                f"--output {path} --batch_size 16 --device cuda")
+        obj = cls.from_dict(space, json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        obj.path = str(path)
+        return obj
+
+    @classmethod
+    def from_dict(cls, space: SearchSpace, table: dict[str, Any], source: str = "(dict)") -> LatencyTable:
         """A table from its file format as it is, e.g. one that rank 0 measured and broadcast to all DDP ranks."""
         _require_measurable(space)
-        check_table(table, space, {}, source="(dict)")
+        check_table(table, space, {}, source=source)
         obj = cls.__new__(cls)  # skips measuring and loading; the table is given
         obj.space, obj.path = space, None
         obj._set_table(table)

@@ -26,6 +26,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 
 from callbacks.pool_shrinking import PoolShrinking
 from nas_lightning.latency.base import LatencyModel
+from nas_lightning.latency.table import LatencyTable
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.samplers.pool import PartialModelPool, PoolSampler
 from nas_lightning.spaces.base import SearchSpace
@@ -44,6 +45,8 @@ class PCNAS(SupernetModule):
         max_latency: hard limit ``latency_model(arch) <= max_latency`` on every trained and evaluated
             completion (section 3.3); None for none.
         latency_model: default ``FlopsProxy(space)`` (MFLOPs).
+        latency_table: a latency lookup table file (``nas-lightning measure-latency``) to use as the latency
+            model (ms), instead of ``latency_model``; read as it is, so every rank has the same numbers.
         num_val_batches: supernet-val batches that score the completions (see ``PoolShrinking``).
         output_dir: where the pool history CSV and the final pool JSON go.
         Others: see ``SupernetModule``.
@@ -54,8 +57,12 @@ class PCNAS(SupernetModule):
                  label_smoothing: float = 0.0, eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16,
                  eval_seed: int = 0, bn_recalibration: int = 0, pool_size: int = 5, num_completions: int = 900,
                  warmup_epochs: int = 100, interval_epochs: int = 5, max_latency: float | None = None,
-                 latency_model: LatencyModel | None = None, num_val_batches: int = 16,
-                 output_dir: str | None = None) -> None:
+                 latency_model: LatencyModel | None = None, latency_table: str | None = None,
+                 num_val_batches: int = 16, output_dir: str | None = None) -> None:
+        if latency_table is not None:
+            if latency_model is not None:
+                raise ValueError("give latency_model or latency_table, not both")
+            latency_model = LatencyTable.load(space, latency_table)
         sampler = PoolSampler(space, seed, max_latency, latency_model)
         super().__init__(space, sampler, optimizer, lr_scheduler, scheduler_interval, label_smoothing, eval_archs,
                          num_eval_archs, eval_seed, bn_recalibration)
