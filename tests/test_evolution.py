@@ -9,7 +9,7 @@ import math
 import pytest
 
 from nas_lightning.search import EvolutionConfig, EvolutionResult, evolution_search, export_top_archs
-from nas_lightning.spaces import Arch, ChainSpace
+from nas_lightning.spaces import Arch, ChainSpace, NB201Space
 from nas_lightning.utils.atomic import atomic_write_json, strict_json
 
 # ChainSpace ops in order: nor_conv_1x1, nor_conv_3x3, skip_connect, avg_pool_3x3.
@@ -256,3 +256,21 @@ def test_a_nan_score_survives_a_strict_json_state_file(space, tmp_path):
     assert math.isnan(back.scores[arch]) and len(back.scores) == len(result.scores)
     assert strict_json({"a": [1.0, math.inf, (-math.inf, "x")], "b": math.nan}) == {"a": [1.0, None, [None, "x"]],
                                                                                      "b": None}
+
+
+def test_isomorphic_nb201_archs_are_scored_once():
+    """A NAS-Bench-201 search scores one representative per isomorphism class: no two scored archs compute
+    the same function, and the search still finds the best class."""
+    nb201 = NB201Space(C=4, N=1, in_channels=1, input_size=8)
+    keys = sorted({nb201.isomorphism_key(a) for a in nb201.enumerate()})
+    value = {k: float(i) for i, k in enumerate(keys)}  # one score per class
+
+    def class_score(archs: list[Arch]) -> list[float]:
+        return [value[nb201.isomorphism_key(a)] for a in archs]
+
+    result = evolution_search(nb201, class_score, EvolutionConfig(population=50, generations=10, topk=10, seed=0),
+                              progress=False)
+    scored = list(result.scores)
+    assert all(nb201.canonical(a) == a for a in scored)
+    assert len({nb201.isomorphism_key(a) for a in scored}) == len(scored) > 300
+    assert len({nb201.isomorphism_key(a) for a, _ in result.top}) == 10

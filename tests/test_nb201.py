@@ -75,3 +75,32 @@ def test_none_edges_cost_nothing_and_output_zero_node() -> None:
     out2 = supernet(torch.randn(2, 1, 8, 8) * 5, arch)
     torch.testing.assert_close(out1, out2)
     assert not torch.equal(supernet(x, space.decode(str(arch).replace("none~0", "skip_connect~0"))), out1)
+
+
+def test_isomorphism_classes_are_the_benchmarks_6466_unique_topologies() -> None:
+    space = NB201Space()
+    archs = list(space.enumerate())
+    canon = [space.canonical(a) for a in archs]
+    assert len(set(canon)) == 6466  # NAS-Bench-201 (arXiv:2001.00326), section 2.1
+    assert all(space.canonical(c) == c for c in set(canon))
+    assert all(space.isomorphism_key(a) == space.isomorphism_key(c) for a, c in zip(archs, canon))
+
+
+def test_dead_edges_and_symmetric_sums_are_isomorphic() -> None:
+    space = NB201Space(C=4, N=1, in_channels=1, input_size=8)
+    # Node 1 and node 2 feed nothing but zero edges: their convs are dead, the cell is one 3x3 conv.
+    dead = space.decode("|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|nor_conv_3x3~0|none~1|none~2|")
+    plain = space.decode("|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|")
+    assert space.canonical(dead) == plain == space.canonical(plain)
+    assert space.params(dead) > space.params(plain)  # same function, fewer weights: the representative
+    # The sum is commutative: conv on the skip node + pool on the input, either way round.
+    a = space.decode("|skip_connect~0|+|none~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|")
+    b = space.decode("|skip_connect~0|+|none~0|none~1|+|nor_conv_1x1~0|avg_pool_3x3~1|none~2|")
+    assert space.canonical(a) == space.canonical(b)
+    assert space.canonical(a) != space.canonical(space.decode(
+        "|skip_connect~0|+|none~0|none~1|+|nor_conv_1x1~0|nor_conv_1x1~1|none~2|"))
+    # Isomorphic archs compute the same function: equal outputs on copied weights where both have them.
+    torch.manual_seed(0)
+    supernet = space.build_supernet().eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(supernet(x, dead), supernet(x, plain))

@@ -20,6 +20,9 @@ Algorithm, as in the official code:
    constraint; the constraint (``max_flops`` on ``space.flops``, ``max_params`` on ``space.params``)
    is checked before evaluation, so an arch over the limit is never scored.
 
+Every candidate is replaced by ``space.canonical(arch)`` first, so of archs that compute the same
+function (NAS-Bench-201's isomorphic cells) only one representative is scored and listed.
+
 So a search makes at most ``generations + 1`` ``score_fn`` calls. Unlike the official code, the last
 generation's children take part in the final top-k instead of being evaluated and then dropped.
 
@@ -172,6 +175,7 @@ class _Pool:
         return True
 
     def offer(self, arch: Arch) -> bool:
+        arch = self.space.canonical(arch)  # isomorphic archs tie in every evaluation: score one of them
         if arch in self.seen or arch in self._members:
             return False
         if not self.feasible(arch):

@@ -152,6 +152,11 @@ class SearchSpace(ABC):
         for indices in itertools.product(*(range(len(d.choices)) for d in self.decisions)):
             yield self.arch(indices)
 
+    def canonical(self, arch: Arch) -> Arch:
+        """One representative of the archs that compute the same function as ``arch`` (isomorphic cells, dead
+        edges); searches evaluate it instead of every equivalent arch. Spaces without such a notion: ``arch``."""
+        return arch
+
     def mutate(self, arch: Arch, prob: float, generator: torch.Generator) -> Arch:
         """Each decision is resampled uniformly with probability ``prob`` (SPOS evolution)."""
         flip = torch.rand(self.num_decisions, generator=generator) < prob

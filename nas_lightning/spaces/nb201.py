@@ -6,6 +6,11 @@ edges into node i as ``|op~j|`` (input from node j), for j = 0..i-1::
     |nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|
 
 Decisions are the six edges in that order, each among the five ops of ``NB201_OPS``.
+
+Isomorphism (``isomorphism_key``, ``canonical``): the benchmark's own definition, xautodl's
+``CellStructure.to_unique_str(consider_zero=True)``, under which the 15,625 cells are 6,466 unique
+topologies (arXiv:2001.00326, section 2.1): a ``none`` edge or any op on a zero node is zero, a
+``skip_connect`` passes its input's expression on, and a node is the sorted sum of its edges.
 """
 
 from __future__ import annotations
@@ -71,6 +76,37 @@ class NB201Space(SearchSpace):
                     raise ArchFormatError(f"edge {edge!r} of node {node} in {text!r} must read '{op or 'op'}~{src}'")
                 choices.append(op)
         return choices
+
+    def isomorphism_key(self, arch: Arch) -> str:
+        """The expression the cell computes (xautodl's ``to_unique_str(consider_zero=True)``): archs with equal
+        keys are isomorphic."""
+        nodes = {0: "0"}
+        choices = self.choice_names(self.decode(arch))
+        for node in (1, 2, 3):
+            terms = []
+            for op, (to, src) in zip(choices, NB201_EDGES):
+                if to != node:
+                    continue
+                if op == "none" or nodes[src] == "#":
+                    terms.append("#")
+                elif op == "skip_connect":
+                    terms.append(nodes[src])
+                else:
+                    terms.append(f"({nodes[src]})@{op}")
+            nodes[node] = "+".join(sorted(terms))
+        return nodes[3]
+
+    @cached_property
+    def _representatives(self) -> dict[str, Arch]:
+        # The first arch in enumeration order of each class: 'none' is choice 0, so dead edges read 'none'.
+        reps: dict[str, Arch] = {}
+        for arch in self.enumerate():
+            reps.setdefault(self.isomorphism_key(arch), arch)
+        return reps
+
+    def canonical(self, arch: Arch) -> Arch:
+        """The first arch (in ``enumerate`` order) isomorphic to ``arch``; 6,466 distinct ones in all."""
+        return self._representatives[self.isomorphism_key(arch)]
 
     def build_supernet(self) -> NB201Network:
         return NB201Network(self, None, bn_affine=self.supernet_bn_affine)
