@@ -30,6 +30,7 @@ from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.methods import SPOS
 from nas_lightning.metrics.disturbance import (
+    DisturbanceMatrix,
     disturbance_matrix,
     epoch_ktau,
     epoch_metrics,
@@ -248,6 +249,15 @@ def test_projected_steps_project_with_a_copy_of_P_and_fold_each_steps_inputs() -
     for name, P in run_P.items():
         assert torch.equal(P, snapshot[name]), name
     assert any(not torch.equal(rule.P[n], snapshot[n]) for n in snapshot)
+
+
+def test_matrix_summaries_by_hand() -> None:
+    # Three archs; training arch 0 moves arch 1 by -2 and arch 2 by +1 and itself by +4, and so on.
+    m = DisturbanceMatrix(archs=[], before=torch.tensor([50.0, 60.0, 70.0]),
+                          after=torch.tensor([[54.0, 53.0, 53.0], [58.0, 58.0, 61.0], [71.0, 71.0, 75.0]]))
+    torch.testing.assert_close(m.step_changes(), torch.tensor([[4.0, -1.0, 0.0], [-2.0, 0.0, 3.0], [1.0, 0.0, 4.0]]))
+    assert m.disturbance() == pytest.approx((2 + 1 + 1 + 0 + 0 + 3) / 6)
+    assert m.own_change() == pytest.approx((4 + 0 + 4) / 3)
 
 
 def test_matrix_files_are_a_csv_and_a_png(tmp_path: Path) -> None:

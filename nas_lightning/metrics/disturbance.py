@@ -118,6 +118,21 @@ class DisturbanceMatrix:
         """(n, n + 1): column 0 is ``before``, column j + 1 is the state after training ``archs[j]``."""
         return torch.cat([self.before[:, None], self.after], dim=1)
 
+    def step_changes(self) -> Tensor:
+        """(n, n): entry (i, j) is how much training ``archs[j]`` changed the accuracy of ``archs[i]``."""
+        return self.table().diff(dim=1)
+
+    def disturbance(self) -> float:
+        """Mean |change| that training one arch causes in the *other* archs' accuracy (points): Fig. 1b's
+        off-diagonal, the interference weight sharing has to suppress."""
+        changes = self.step_changes().abs()
+        n = changes.shape[0]
+        return float((changes.sum() - changes.diagonal().sum()) / max(n * (n - 1), 1))
+
+    def own_change(self) -> float:
+        """Mean change of the trained arch's own accuracy (points): what the step was for."""
+        return float(self.step_changes().diagonal().mean())
+
 
 def _train_step(net: Supernet, arch: Arch, batch: Batch, optimizer: torch.optim.Optimizer,
                 label_smoothing: float, reduce_sum: ReduceSum | None, world_size: int,
