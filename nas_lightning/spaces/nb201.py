@@ -7,10 +7,15 @@ edges into node i as ``|op~j|`` (input from node j), for j = 0..i-1::
 
 Decisions are the six edges in that order, each among the five ops of ``NB201_OPS``.
 
-Isomorphism (``isomorphism_key``, ``canonical``): the benchmark's own definition, xautodl's
-``CellStructure.to_unique_str(consider_zero=True)``, under which the 15,625 cells are 6,466 unique
-topologies (arXiv:2001.00326, section 2.1): a ``none`` edge or any op on a zero node is zero, a
-``skip_connect`` passes its input's expression on, and a node is the sorted sum of its edges.
+Isomorphism (``isomorphism_key``, ``canonical``): two cells are equivalent when they compute the same
+sum of terms. A node is the multiset of its edges' terms; a ``none`` edge, and any op on a zero node, adds
+nothing; a ``skip_connect`` passes its input node's terms on; another op is one term, op(input node).
+The benchmark's own string (xautodl's ``CellStructure.to_unique_str(consider_zero=True)``,
+``benchmark_unique_str`` here), under which the 15,625 cells are the 6,466 "unique topologies" of
+arXiv:2001.00326 section 2.1, keeps a node whose inputs are all zero as the non-zero string ``#+#``; so
+``|none~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|`` and the same cell with ``skip_connect~2``
+count as two topologies although node 2 is zero. Without that artefact there are 4,930 classes, each a
+union of the benchmark's (tests check both).
 """
 
 from __future__ import annotations
@@ -77,9 +82,8 @@ class NB201Space(SearchSpace):
                 choices.append(op)
         return choices
 
-    def isomorphism_key(self, arch: Arch) -> str:
-        """The expression the cell computes (xautodl's ``to_unique_str(consider_zero=True)``): archs with equal
-        keys are isomorphic."""
+    def benchmark_unique_str(self, arch: Arch) -> str:
+        """xautodl's ``to_unique_str(consider_zero=True)``: the benchmark's 6,466 unique topologies."""
         nodes = {0: "0"}
         choices = self.choice_names(self.decode(arch))
         for node in (1, 2, 3):
@@ -96,6 +100,22 @@ class NB201Space(SearchSpace):
             nodes[node] = "+".join(sorted(terms))
         return nodes[3]
 
+    def isomorphism_key(self, arch: Arch) -> str:
+        """The sum of terms the cell computes (see the module docstring); equal keys, equal functions."""
+        nodes: dict[int, list[str]] = {0: ["x"]}
+        choices = self.choice_names(self.decode(arch))
+        for node in (1, 2, 3):
+            terms: list[str] = []
+            for op, (to, src) in zip(choices, NB201_EDGES):
+                if to != node or op == "none" or not nodes[src]:
+                    continue  # adds zero
+                if op == "skip_connect":
+                    terms += nodes[src]
+                else:
+                    terms.append(f"{op}({'+'.join(nodes[src])})")
+            nodes[node] = sorted(terms)
+        return "+".join(nodes[3]) or "0"
+
     @cached_property
     def _representatives(self) -> dict[str, Arch]:
         # The first arch in enumeration order of each class: 'none' is choice 0, so dead edges read 'none'.
@@ -105,7 +125,7 @@ class NB201Space(SearchSpace):
         return reps
 
     def canonical(self, arch: Arch) -> Arch:
-        """The first arch (in ``enumerate`` order) isomorphic to ``arch``; 6,466 distinct ones in all."""
+        """The first arch (in ``enumerate`` order) equivalent to ``arch``; 4,930 distinct ones in all."""
         return self._representatives[self.isomorphism_key(arch)]
 
     def build_supernet(self) -> NB201Network:
