@@ -7,7 +7,10 @@ the per-epoch accuracies the callback logs (SPEC.md "Performance-disturbance met
 
 * ``disturbance/performance_change``: mean |acc_t(a) - acc_{t-d}(a)| over the set (d = ``interval``);
 * ``disturbance/ktau``: Kendall tau-b between the set's rankings at epoch t and t-d;
-* ``disturbance/gt_tau``: Kendall tau-b of the set's accuracy against ground truth (with ``ground_truth``).
+* ``disturbance/gt_tau``: Kendall tau-b of the set's accuracy against ground truth (with ``ground_truth``),
+  and ``disturbance/gt_tau_equal_cost`` over the pairs of equal FLOPs only. The CSV puts beside them what
+  GT-Tau has to beat on the same archs: the GT's seed-to-seed tau (``gt_ceiling``) and the params and
+  FLOPs proxies' tau (``params_tau``, ``flops_tau``).
 
 The accuracy history is search state: it is checkpointed, and the CSVs are rewritten from it.
 Optionally it also computes the disturbance matrix of Fig. 1b (``matrix_archs`` > 0) on a copy of the
@@ -40,6 +43,7 @@ from nas_lightning.metrics.disturbance import (
     StepRuleFactory,
     disturbance_matrix,
     epoch_metrics,
+    gt_tau_references,
     save_disturbance_matrix,
 )
 from nas_lightning.metrics.ground_truth import load_ground_truth
@@ -48,7 +52,7 @@ from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.utils.atomic import atomic_write_text
 from nas_lightning.utils.distributed import reduce_sum, step_generator
 
-_LOGGED = ("performance_change", "ktau", "gt_tau")
+_LOGGED = ("performance_change", "ktau", "gt_tau", "gt_tau_equal_cost")
 
 
 def draw_archs(space: SearchSpace, n: int, generator: torch.Generator, pool: list[Arch] | None = None) -> list[Arch]:
@@ -105,6 +109,8 @@ class DisturbanceMetrics(pl.Callback):
         self.seed, self.output_dir = seed, output_dir
         self.archs: list[Arch] = []
         self.gt_acc: list[float] | None = None
+        self.flops: list[float] | None = None
+        self.references: dict[str, float] = {}  # with GT: the ceiling and cost proxies GT-Tau must beat
         self.matrix_arch_list: list[Arch] = []
         self.history: dict[int, list[float]] = {}  # epoch -> accuracy (%) of each arch of the fixed set
         self.global_steps: dict[int, int] = {}
@@ -134,6 +140,9 @@ class DisturbanceMetrics(pl.Callback):
         self.archs = draw_archs(space, self.num_archs, step_generator(self.seed, "disturbance", 0), pool)
         if pool is not None:
             self.gt_acc = [gt.accuracy[a] for a in self.archs]
+            self.flops = [float(space.flops(a)) for a in self.archs]
+            self.references = gt_tau_references(self.gt_acc, [float(space.params(a)) for a in self.archs],
+                                                self.flops, gt.restrict(self.archs).seed_to_seed_tau())
         if self.matrix_archs:
             self.matrix_arch_list = draw_archs(space, self.matrix_archs,
                                                step_generator(self.seed, "disturbance_matrix", 0))
@@ -174,7 +183,7 @@ class DisturbanceMetrics(pl.Callback):
         epoch = trainer.current_epoch
         self.history[epoch] = pl_module.evaluate(self.archs).accuracy.tolist()
         self.global_steps[epoch] = trainer.global_step
-        self.last_metrics = epoch_metrics(self.history, epoch, self.interval, self.gt_acc)
+        self.last_metrics = epoch_metrics(self.history, epoch, self.interval, self.gt_acc, self.flops)
         logged = {f"disturbance/{k}": v for k, v in self.last_metrics.items() if k in _LOGGED and not math.isnan(v)}
         if logged:
             pl_module.log_dict(logged, rank_zero_only=True)
@@ -241,7 +250,8 @@ class DisturbanceMetrics(pl.Callback):
     def _write_history(self, out: Path) -> None:
         epochs = sorted(self.history)
         metrics = [{"epoch": e, "global_step": self.global_steps.get(e, -1),
-                    **epoch_metrics(self.history, e, self.interval, self.gt_acc)} for e in epochs]
+                    **epoch_metrics(self.history, e, self.interval, self.gt_acc, self.flops), **self.references}
+                   for e in epochs]
         atomic_write_text(out / "disturbance_metrics.csv", _csv(metrics))
         rows = []
         for i, arch in enumerate(self.archs):

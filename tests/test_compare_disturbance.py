@@ -55,3 +55,18 @@ def test_bad_items_are_named(tmp_path: Path) -> None:
         compare_disturbance(["runs/x"])
     with pytest.raises(FileNotFoundError, match=r"disturbance\.yaml"):
         compare_disturbance([f"X={tmp_path}/nothing*"])
+
+
+def test_references_stand_beside_gt_tau(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header = "epoch,acc_mean,performance_change,ktau,gt_tau,gt_tau_equal_cost,gt_ceiling,params_tau,flops_tau\n"
+    last_rows = {"s0": "1,40.0,2.0,0.5,0.30,0.10,0.55,0.50,0.52", "s1": "1,44.0,4.0,0.7,0.40,0.30,0.55,0.50,0.52"}
+    for name, last in last_rows.items():
+        path = tmp_path / name / "disturbance_metrics.csv"
+        path.parent.mkdir()
+        path.write_text(header + "0,30.0,nan,nan,0.2,0.0,0.55,0.50,0.52\n" + last + "\n")
+    (row,) = compare_disturbance([f"R={tmp_path}/s*"], from_epoch=1)
+    assert row["gt_tau"] == pytest.approx(0.35) and row["gt_tau_equal_cost"] == pytest.approx(0.2)
+    assert (row["gt_ceiling"], row["params_tau"], row["flops_tau"]) == pytest.approx((0.55, 0.50, 0.52))
+    assert row["gt_ceiling_std"] == 0.0
+    printed = capsys.readouterr().out
+    assert "| 0.350 ± 0.071 | 0.200 ± 0.141 | 0.550 ± 0.000 | 0.500 ± 0.000 | 0.520 ± 0.000 |" in printed

@@ -296,7 +296,9 @@ def read(path: Path) -> list[dict[str, str]]:
 def test_callback_logs_and_writes_the_section_5_3_metrics(tmp_path: Path) -> None:
     archs = list(space().enumerate())
     gt_path = tmp_path / "gt.json"
-    gt_path.write_text(json.dumps({str(a): 50.0 + 3 * i for i, a in enumerate(archs)}))
+    # Two GT seeds that disagree on some archs, so the ceiling is a real number below 1.
+    per_seed = {str(a): [50.0 + 3 * i, 50.0 + 3 * ((5 * i) % len(archs))] for i, a in enumerate(archs)}
+    gt_path.write_text(json.dumps(per_seed))
     out = tmp_path / "dist"
     cb = DisturbanceMetrics(num_archs=6, ground_truth=str(gt_path), matrix_archs=3, matrix_at="every",
                             output_dir=str(out))
@@ -326,6 +328,19 @@ def test_callback_logs_and_writes_the_section_5_3_metrics(tmp_path: Path) -> Non
     assert trainer.logged_metrics["disturbance/performance_change"].item() == pytest.approx(change, abs=1e-5)
     want_gt_tau = stats.kendalltau(acc[2], gt).statistic
     assert float(metrics[2]["gt_tau"]) == pytest.approx(want_gt_tau, abs=1e-6)
+    # Beside GT-Tau: the ceiling and the cost proxies on the same six archs, and GT-Tau over equal-FLOPs pairs.
+    sp = space()
+    seeds = [per_seed[str(a)] for a in cb.archs]
+    flops = [sp.flops(a) for a in cb.archs]
+    row = metrics[2]
+    assert float(row["gt_ceiling"]) == pytest.approx(stats.kendalltau(*zip(*seeds)).statistic, abs=1e-6)
+    assert float(row["params_tau"]) == pytest.approx(
+        stats.kendalltau([sp.params(a) for a in cb.archs], gt).statistic, abs=1e-6)
+    assert float(row["flops_tau"]) == pytest.approx(stats.kendalltau(flops, gt).statistic, abs=1e-6)
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6) if flops[i] == flops[j]]
+    assert pairs and all(acc[2][i] != acc[2][j] for i, j in pairs)  # no ties: (concordant - discordant) / pairs
+    signs = [math.copysign(1, (acc[2][i] - acc[2][j]) * (gt[i] - gt[j])) for i, j in pairs]
+    assert float(row["gt_tau_equal_cost"]) == pytest.approx(sum(signs) / len(signs), abs=1e-6)
     if not math.isnan(want_gt_tau):
         assert trainer.logged_metrics["disturbance/gt_tau"].item() == pytest.approx(want_gt_tau, abs=1e-5)
 

@@ -22,8 +22,11 @@ from jsonargparse import auto_cli
 from nas_lightning.utils.atomic import atomic_write_text
 
 METRICS_FILE = "disturbance_metrics.csv"
-#: Summary columns: (name, how a run is reduced to one number).
-COLUMNS = ("acc_mean", "performance_change", "ktau", "gt_tau")
+#: Summary columns: the section 5.3 metrics, then what GT-Tau has to beat (the GT ceiling, the cost proxies).
+COLUMNS = ("acc_mean", "performance_change", "ktau", "gt_tau", "gt_tau_equal_cost", "gt_ceiling", "params_tau",
+           "flops_tau")
+HEADINGS = ("mean acc", "performance change", "epoch KTau", "GT-Tau", "GT-Tau, equal-FLOPs pairs",
+            "GT ceiling", "params tau", "FLOPs tau")
 
 
 def _float(value: str | None) -> float:
@@ -39,8 +42,8 @@ def read_run(path: str | Path) -> list[dict[str, float]]:
 
 
 def summarise_run(rows: Sequence[dict[str, float]], from_epoch: int) -> dict[str, float]:
-    """One run as four numbers: performance change and KTau averaged over epochs >= ``from_epoch`` (NaN
-    epochs, those without an earlier epoch to compare with, skipped), accuracy and GT-Tau at the last epoch."""
+    """One run as one number per column: performance change and KTau averaged over epochs >= ``from_epoch``
+    (NaN epochs, those without an earlier epoch to compare with, skipped); the others at the last epoch."""
     window = [r for r in rows if r["epoch"] >= from_epoch]
     if not window:
         raise ValueError(f"no epoch >= from_epoch={from_epoch} (last epoch: {int(rows[-1]['epoch'])})")
@@ -50,8 +53,9 @@ def summarise_run(rows: Sequence[dict[str, float]], from_epoch: int) -> dict[str
         return statistics.fmean(values) if values else math.nan
 
     last = rows[-1]
-    return {"acc_mean": last["acc_mean"], "performance_change": mean("performance_change"), "ktau": mean("ktau"),
-            "gt_tau": last.get("gt_tau", math.nan)}
+    out = {key: last.get(key, math.nan) for key in COLUMNS}
+    out.update(performance_change=mean("performance_change"), ktau=mean("ktau"))
+    return out
 
 
 def find_metrics(pattern: str) -> list[Path]:
@@ -89,13 +93,16 @@ def compare_disturbance(runs: list[str], from_epoch: int = 0, output: str | None
         row: dict[str, object] = {"label": label, "runs": len(per_run)}
         for key in COLUMNS:
             values = [r[key] for r in per_run]
+            if any(math.isnan(v) for v in values):  # a run without that column (no GT): no figure
+                row[key] = row[f"{key}_std"] = math.nan
+                continue
             row[key] = statistics.fmean(values)
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         table.append(row)
-    print(f"| run | runs | mean acc | performance change | epoch KTau | GT-Tau |  (change, KTau: epochs >= "
-          f"{from_epoch})\n|---|---|---|---|---|---|")
+    print(f"change and KTau: mean over epochs >= {from_epoch}; the rest: last epoch; mean ± std over runs\n"
+          f"| run | runs | {' | '.join(HEADINGS)} |\n|{'---|' * (len(HEADINGS) + 2)}")
     for row in table:
-        cells = [f"{row[k]:.3f} ± {row[k + '_std']:.3f}" for k in COLUMNS]
+        cells = ["-" if math.isnan(row[k]) else f"{row[k]:.3f} ± {row[k + '_std']:.3f}" for k in COLUMNS]
         print(f"| {row['label']} | {row['runs']} | " + " | ".join(cells) + " |")
     if output:
         buf = io.StringIO()

@@ -45,6 +45,7 @@ __all__ = [
     "epoch_ktau",
     "epoch_metrics",
     "gt_tau",
+    "gt_tau_references",
     "performance_change",
     "save_disturbance_matrix",
 ]
@@ -270,11 +271,12 @@ def save_disturbance_matrix(result: DisturbanceMatrix, stem: str | os.PathLike[s
 
 
 def epoch_metrics(history: Mapping[int, Sequence[float]], epoch: int, interval: int,
-                  gt_acc: Sequence[float] | None = None) -> dict[str, float]:
+                  gt_acc: Sequence[float] | None = None, costs: Sequence[float] | None = None) -> dict[str, float]:
     """The section 5.3 metrics of ``epoch`` from the per-epoch accuracies of the fixed set.
 
     ``performance_change`` and ``ktau`` compare with epoch ``epoch - interval`` and are NaN when that
-    epoch is not in ``history``; ``gt_tau`` is present when ``gt_acc`` is given.
+    epoch is not in ``history``; ``gt_tau`` is present when ``gt_acc`` is given, and with ``costs`` (the
+    archs' FLOPs) also ``gt_tau_equal_cost``, GT-Tau over the pairs of equal cost only.
     """
     acc = history[epoch]
     before = history.get(epoch - interval)
@@ -283,4 +285,14 @@ def epoch_metrics(history: Mapping[int, Sequence[float]], epoch: int, interval: 
            "ktau": math.nan if before is None else epoch_ktau(acc, before)}
     if gt_acc is not None:
         out["gt_tau"] = gt_tau(acc, gt_acc)
+        if costs is not None:
+            out["gt_tau_equal_cost"] = ranking_metrics(acc, gt_acc, k=(), costs=costs)["kendall_tau_equal_cost"]
     return out
+
+
+def gt_tau_references(gt_acc: Sequence[float], params: Sequence[float], flops: Sequence[float],
+                      ceiling: float) -> dict[str, float]:
+    """What a GT-Tau has to beat on the same archs: the GT's own seed-to-seed tau (``gt_ceiling``) and the
+    Kendall tau of the params and FLOPs cost proxies against GT."""
+    return {"gt_ceiling": ceiling, "params_tau": ranking_metrics(params, gt_acc, k=())["kendall_tau"],
+            "flops_tau": ranking_metrics(flops, gt_acc, k=())["kendall_tau"]}
