@@ -87,16 +87,18 @@ def mean_inputs(sums: Mapping[str, tuple[torch.Tensor, int]], trainer: pl.Traine
 @torch.no_grad()
 def fold_features(layers: Mapping[str, nn.Module], layouts: Mapping[str, LayerLayout], P: dict[str, torch.Tensor],
                   means: Mapping[str, torch.Tensor], alpha: float, max_patches: int,
-                  generator: torch.Generator) -> None:
+                  generator: torch.Generator, alpha_linear: float | None = None) -> None:
     """Fold each layer's features (from its mean input) into its P (eq. 8, block form), creating P = I
-    for a layer seen for the first time. Layers in sorted name order, so the patch draws are stable."""
+    for a layer seen for the first time. Layers in sorted name order, so the patch draws are stable.
+    Linear layers use ``alpha_linear`` when it is given (OWM's per-layer alphas), the others ``alpha``."""
     for name in sorted(means):
         module, layout = layers[name], layouts[name]
         device = module.weight.device
         if name not in P:
             P[name] = layout.identity(device)
         X = layer_features(module, layout, means[name].to(device), max_patches, generator)
-        P[name] = woodbury_update(_on_device(P, name, device), X, alpha)
+        a = alpha_linear if alpha_linear is not None and isinstance(module, nn.Linear) else alpha
+        P[name] = woodbury_update(_on_device(P, name, device), X, a)
 
 
 class ProjectedSteps:
@@ -107,16 +109,18 @@ class ProjectedSteps:
     Args:
         net: the copy; its layers are selected as the callback selects the supernet's (same names).
         P: the run's projection matrices (copied).
-        alpha, layers, max_patches, seed: as the callback's (alpha at the run's current progress).
+        alpha, alpha_linear, layers, max_patches, seed: as the callback's (the alphas at the run's current
+            progress).
         trainer: for the DDP sum of the inputs (None: one process).
     """
 
     def __init__(self, net: nn.Module, P: Mapping[str, torch.Tensor], alpha: float, layers: str, max_patches: int,
-                 seed: int, trainer: pl.Trainer | None = None) -> None:
+                 seed: int, trainer: pl.Trainer | None = None, alpha_linear: float | None = None) -> None:
         self.modules = select_layers(net, layers)
         self.layouts = {name: LayerLayout.of(m) for name, m in self.modules.items()}
         self.P = {name: p.clone() for name, p in P.items()}
-        self.alpha, self.max_patches, self.seed, self.trainer = alpha, max_patches, seed, trainer
+        self.alpha, self.alpha_linear = alpha, alpha_linear
+        self.max_patches, self.seed, self.trainer = max_patches, seed, trainer
         self.steps = 0
         self._recorder = LayerInputRecorder(self.modules)
 
@@ -131,7 +135,8 @@ class ProjectedSteps:
         sums = self._recorder.pop()
         if sums:
             fold_features(self.modules, self.layouts, self.P, mean_inputs(sums, self.trainer), self.alpha,
-                          self.max_patches, step_generator(self.seed, "owm-patches-copy", self.steps))
+                          self.max_patches, step_generator(self.seed, "owm-patches-copy", self.steps),
+                          self.alpha_linear)
         self.steps += 1
 
     def close(self) -> None:
@@ -146,6 +151,8 @@ class ProjectionMatrixUpdate(pl.Callback):
             protects the outputs on seen inputs more (Theorem 4.1) and leaves less room to learn.
         alpha_decay: use OWM's schedule alpha0 ** progress (1 at the start, alpha at the end of
             training); needs a finite ``max_steps``/``max_epochs``.
+        alpha_linear: a separate alpha for the Linear layers (OWM uses about 1e-5 for convs and 0.1 for the
+            last linear layer); None: ``alpha`` for every layer. Decayed like ``alpha`` with ``alpha_decay``.
         every_n_steps: fold features in after every n-th optimiser step (projection happens every step).
         layers: which shared layers are projected: Conv2d and Linear, or one of the two.
         max_patches: conv patches folded in per layer and step (a seeded subsample).
@@ -153,13 +160,17 @@ class ProjectionMatrixUpdate(pl.Callback):
     """
 
     def __init__(self, alpha: float = 1e-3, alpha_decay: bool = False, every_n_steps: int = 1,
-                 layers: Literal["all", "conv", "linear"] = "all", max_patches: int = 16, seed: int = 0) -> None:
+                 layers: Literal["all", "conv", "linear"] = "all", max_patches: int = 16, seed: int = 0,
+                 alpha_linear: float | None = None) -> None:
         alpha_at(alpha, 0.0, alpha_decay)  # validates alpha
+        if alpha_linear is not None:
+            alpha_at(alpha_linear, 0.0, alpha_decay)
         if layers not in LAYER_TYPES:
             raise ValueError(f"layers must be one of {sorted(LAYER_TYPES)}, got {layers!r}")
         if every_n_steps < 1 or max_patches < 1:
             raise ValueError(f"every_n_steps and max_patches must be >= 1, got {every_n_steps}, {max_patches}")
         self.alpha, self.alpha_decay, self.every_n_steps = alpha, alpha_decay, every_n_steps
+        self.alpha_linear = alpha_linear
         self.layers, self.max_patches, self.seed = layers, max_patches, seed
         self.P: dict[str, torch.Tensor] = {}
         self.updates = 0
@@ -222,18 +233,24 @@ class ProjectionMatrixUpdate(pl.Callback):
         sums = self._recorder.pop()
         if step % self.every_n_steps or not sums:
             return
-        alpha = alpha_at(self.alpha, step / max(self._total_steps, 1.0), self.alpha_decay)
+        alpha, alpha_linear = self._alphas(step)
         fold_features(self._modules, self._layouts, self.P, mean_inputs(sums, trainer), alpha, self.max_patches,
-                      step_generator(self.seed, "owm-patches", step))
+                      step_generator(self.seed, "owm-patches", step), alpha_linear)
         self.updates += 1
 
     # --- the same update on a copy ------------------------------------------------------------------
     def disturbance_step_rule(self, trainer: pl.Trainer) -> Callable[[nn.Module], ProjectedSteps]:
         """A ``StepRule`` factory for ``DisturbanceMetrics``: its matrix trains a copy of the supernet with
         this projection (the current P and alpha), so it measures DI-NAS's disturbance, not SGD's."""
-        progress = trainer.global_step / max(self._total_steps, 1.0)
-        alpha = alpha_at(self.alpha, progress, self.alpha_decay)
-        return lambda net: ProjectedSteps(net, self.P, alpha, self.layers, self.max_patches, self.seed, trainer)
+        alpha, alpha_linear = self._alphas(trainer.global_step)
+        return lambda net: ProjectedSteps(net, self.P, alpha, self.layers, self.max_patches, self.seed, trainer,
+                                          alpha_linear)
+
+    def _alphas(self, step: int) -> tuple[float, float | None]:
+        """(alpha, alpha_linear) of a fold after optimiser step ``step``, decayed if asked."""
+        progress = step / max(self._total_steps, 1.0)
+        alpha_linear = None if self.alpha_linear is None else alpha_at(self.alpha_linear, progress, self.alpha_decay)
+        return alpha_at(self.alpha, progress, self.alpha_decay), alpha_linear
 
     # --- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

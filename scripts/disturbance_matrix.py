@@ -55,7 +55,8 @@ def main() -> None:
 
         def rule(net: torch.nn.Module) -> ProjectedSteps:
             return ProjectedSteps(net, P, float(h["alpha"]), h.get("projection_layers", "all"),
-                                  int(h.get("max_patches", 16)), int(h.get("seed", 0)))
+                                  int(h.get("max_patches", 16)), int(h.get("seed", 0)),
+                                  alpha_linear=h.get("alpha_linear"))
 
     def optimizer(params):
         opt = model.optimizer_factory(params)

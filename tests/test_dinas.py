@@ -235,10 +235,11 @@ def test_disturbance_matrix_trains_with_the_projection(full_run) -> None:
 
 
 def test_dinas_lists_its_callbacks_and_projection_can_be_turned_off() -> None:
-    on = make_model(alpha=0.01, max_patches=4, projection_every_n_steps=2).configure_callbacks()
+    on = make_model(alpha=0.01, alpha_linear=0.5, max_patches=4, projection_every_n_steps=2).configure_callbacks()
     assert [type(c) for c in on] == [ControllerStep, ProjectionMatrixUpdate]
     assert (on[0].start_epoch, on[0].steps_per_epoch, on[0].archs_per_step) == (1, UPDATES, ARCHS)
-    assert (on[1].alpha, on[1].max_patches, on[1].every_n_steps, on[1].seed) == (0.01, 4, 2, SEED)
+    assert (on[1].alpha, on[1].alpha_linear, on[1].max_patches, on[1].every_n_steps, on[1].seed) == (
+        0.01, 0.5, 4, 2, SEED)
     assert [type(c) for c in make_model(projection=False).configure_callbacks()] == [ControllerStep]
     with pytest.raises(ValueError, match="steps_per_epoch"):
         DINAS(make_space(), controller_steps_per_epoch=0)

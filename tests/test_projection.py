@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from callbacks.projection_matrix_update import ProjectionMatrixUpdate, project_gradients, select_layers
+from callbacks.projection_matrix_update import (
+    ProjectionMatrixUpdate,
+    fold_features,
+    project_gradients,
+    select_layers,
+)
 from nas_lightning.methods import SPOS
 from nas_lightning.projection import (
     LayerInputRecorder,
@@ -210,6 +215,26 @@ def test_conv_patches_and_subsample_match_explicit_slicing() -> None:
     y = conv(x[None])[0].flatten(1)
     W = conv.weight.reshape(2, 2, 27)
     torch.testing.assert_close(y[:, keep], torch.cat([W[0] @ X[0].T, W[1] @ X[1].T]), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_layers_can_have_their_own_alpha() -> None:
+    """OWM's per-layer alphas: after one fold, the Linear's P is eq. 7 at ``alpha_linear`` and the conv's at
+    ``alpha``, each from its own features."""
+    torch.manual_seed(0)
+    layers = {"conv": nn.Conv2d(2, 3, 3, bias=False), "fc": nn.Linear(5, 4)}
+    layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
+    means = {"conv": torch.randn(2, 4, 4), "fc": torch.randn(5)}
+    P: dict[str, torch.Tensor] = {}
+    fold_features(layers, layouts, P, means, 0.5, 4, torch.Generator().manual_seed(1), alpha_linear=3.0)
+    X_conv = layer_features(layers["conv"], layouts["conv"], means["conv"], 4, torch.Generator().manual_seed(1))
+    X_fc = torch.cat([means["fc"], torch.ones(1)])[None]  # the bias column
+    torch.testing.assert_close(P["conv"], closed_form(X_conv.double(), 0.5).float(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(P["fc"], closed_form(X_fc.double(), 3.0).float(), rtol=1e-4, atol=1e-5)
+    cb = ProjectionMatrixUpdate(alpha=1e-3, alpha_linear=0.1, alpha_decay=True)
+    cb._total_steps = 100.0
+    assert cb._alphas(50) == pytest.approx((1e-3 ** 0.5, 0.1 ** 0.5))
+    with pytest.raises(ValueError, match="alpha"):
+        ProjectionMatrixUpdate(alpha_linear=0.0)
 
 
 def test_recorder_keeps_the_batch_mean_of_the_layers_that_ran() -> None:

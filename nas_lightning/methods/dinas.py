@@ -47,8 +47,8 @@ class DINAS(SupernetModule):
         baseline_decay: moving-average reward baseline decay (SPEC.md: 0.95).
         export_top, output_dir: the controller's top archs written at the end of fit.
         projection: project the gradients (eq. 6); False gives plain weight sharing (ablation).
-        alpha, alpha_decay, projection_every_n_steps, projection_layers, max_patches: forwarded to
-            ``ProjectionMatrixUpdate`` (alpha, alpha_decay, every_n_steps, layers, max_patches).
+        alpha, alpha_decay, alpha_linear, projection_every_n_steps, projection_layers, max_patches: forwarded
+            to ``ProjectionMatrixUpdate`` (alpha, alpha_decay, alpha_linear, every_n_steps, layers, max_patches).
         Others: see ``SupernetModule``.
     """
 
@@ -58,6 +58,7 @@ class DINAS(SupernetModule):
                  controller_tanh_constant: float | None = None, entropy_weight: float = 1e-4,
                  baseline_decay: float = 0.95, export_top: int = 10, output_dir: str | None = None,
                  projection: bool = True, alpha: float = 1e-3, alpha_decay: bool = False,
+                 alpha_linear: float | None = None,
                  projection_every_n_steps: int = 1, projection_layers: Literal["all", "conv", "linear"] = "all",
                  max_patches: int = 16, optimizer: OptimizerCallable = torch.optim.SGD,
                  lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
@@ -85,7 +86,7 @@ class DINAS(SupernetModule):
         if h.projection:
             from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 
-            built.append(ProjectionMatrixUpdate(alpha=h.alpha, alpha_decay=h.alpha_decay,
+            built.append(ProjectionMatrixUpdate(alpha=h.alpha, alpha_decay=h.alpha_decay, alpha_linear=h.alpha_linear,
                                                 every_n_steps=h.projection_every_n_steps,
                                                 layers=h.projection_layers, max_patches=h.max_patches, seed=h.seed))
         return built
