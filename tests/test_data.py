@@ -258,6 +258,8 @@ def test_cutout_zeroes_one_clipped_square_per_image() -> None:
     assert sides.count(16) > 10  # most centres are far enough from the border
     with pytest.raises(ValueError, match="augment=True"):
         CIFAR10DataModule(root="no-such-dir", cutout=8)
+    with pytest.raises(ValueError, match="cutout=8: ImageFolderDataModule augments per sample"):
+        ImageFolderDataModule(root="no-such-dir", cutout=8)
 
 
 def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path: Path) -> None:

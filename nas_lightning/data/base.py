@@ -213,6 +213,9 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         self.image_size = image_size  # subclasses replace None with the native size
         self.augment = augment
         self.cutout = cutout
+        # Called here, Lightning collects the arguments of this __init__ and of every subclass __init__ up the
+        # call chain (which pass these through **kwargs), so each subclass need not repeat this signature.
+        self.save_hyperparameters()
         self.supernet_train_dataset: Dataset | None = None
         self.supernet_val_dataset: Dataset | None = None
         self.test_dataset: Dataset | None = None

@@ -16,26 +16,11 @@ class _CIFARDataModule(SplitDataModule):
     dataset_name: str
     folder: str
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        train_subset: int | None = None,
-        seed: int = 0,
-        image_size: int | None = None,
-        augment: bool = False,
-        cutout: int = 0,
-    ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         val_fraction=val_fraction, train_subset=train_subset, seed=seed, image_size=image_size,
-                         augment=augment, cutout=cutout)
-        self.save_hyperparameters()
+    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
+        """``root``: the folder holding the torchvision folder; ``kwargs``: see ``SplitDataModule``."""
+        super().__init__(**kwargs)
         self.in_channels = 3
-        self.image_size = 32 if image_size is None else image_size
+        self.image_size = 32 if self.image_size is None else self.image_size
         self.root = root
         self.download = download
         # Cheap early check; torchvision verifies the checksums when loading.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,26 +47,12 @@ class FashionMNISTDataModule(SplitDataModule):
     mean = (0.2860,)
     std = (0.3530,)
 
-    def __init__(
-        self,
-        root: str | None = None,
-        download: bool = False,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        train_subset: int | None = None,
-        seed: int = 0,
-        image_size: int | None = None,
-        augment: bool = False,
-    ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         val_fraction=val_fraction, train_subset=train_subset, seed=seed, image_size=image_size,
-                         augment=augment)
-        self.save_hyperparameters()
+    def __init__(self, root: str | None = None, download: bool = False, **kwargs: Any) -> None:
+        """``kwargs``: see ``SplitDataModule``."""
+        super().__init__(**kwargs)
         self.num_classes = 10
         self.in_channels = 1
-        self.image_size = 28 if image_size is None else image_size
+        self.image_size = 28 if self.image_size is None else self.image_size
         self.root = root
         self.download = download
         self.files = self._search()

@@ -39,24 +39,14 @@ class ImageFolderDataModule(SplitDataModule):
     ``num_classes`` is the number of class folders in ``train/``.
     """
 
-    def __init__(
-        self,
-        root: str,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        train_subset: int | None = None,
-        seed: int = 0,
-        image_size: int = 224,
-        augment: bool = True,
-    ) -> None:
+    def __init__(self, root: str, image_size: int = 224, augment: bool = True, **kwargs: Any) -> None:
+        """``image_size`` and ``augment`` default to the ImageNet recipe; ``kwargs``: see ``SplitDataModule``."""
         if image_size is None:
             raise ValueError("image_size must be an int for ImageFolderDataModule, got None")
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         val_fraction=val_fraction, train_subset=train_subset, seed=seed, image_size=image_size,
-                         augment=augment)
-        self.save_hyperparameters()
+        if kwargs.get("cutout"):
+            raise ValueError(f"cutout={kwargs['cutout']}: ImageFolderDataModule augments per sample with torchvision "
+                             "transforms, not with the batched crop/flip/Cutout; leave cutout at 0")
+        super().__init__(image_size=image_size, augment=augment, **kwargs)
         self.root = Path(root)
         missing = [str(self.root / s) for s in ("train", "val") if not (self.root / s).is_dir()]
         if missing:

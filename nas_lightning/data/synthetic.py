@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from nas_lightning.data.base import SplitDataModule, TensorImageDataset
@@ -22,17 +24,9 @@ class SyntheticDataModule(SplitDataModule):
         num_train: int = 512,
         num_test: int = 256,
         noise: float = 1.0,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_fraction: float = 0.1,
-        train_subset: int | None = None,
-        seed: int = 0,
-        augment: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         val_fraction=val_fraction, train_subset=train_subset, seed=seed, image_size=image_size,
-                         augment=augment)
+        super().__init__(image_size=image_size, **kwargs)
         checks = (("num_classes", num_classes, 2), ("in_channels", in_channels, 1), ("image_size", image_size, 1),
                   ("num_train", num_train, 1), ("num_test", num_test, 1))
         for name, value, minimum in checks:
@@ -40,7 +34,6 @@ class SyntheticDataModule(SplitDataModule):
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
         if not isinstance(noise, int | float) or noise < 0:
             raise ValueError(f"noise must be a number >= 0, got {noise!r}")
-        self.save_hyperparameters()
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.image_size = image_size
