@@ -23,8 +23,6 @@ projects the copy's gradients with its P) adds it to every step of the matrix.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections import deque
 from pathlib import Path
@@ -49,7 +47,7 @@ from nas_lightning.metrics.disturbance import (
 from nas_lightning.metrics.ground_truth import load_ground_truth
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
-from nas_lightning.utils.atomic import atomic_write_text
+from nas_lightning.utils.atomic import atomic_write_csv
 from nas_lightning.utils.distributed import reduce_sum, step_generator
 
 _LOGGED = ("performance_change", "ktau", "gt_tau", "gt_tau_equal_cost")
@@ -252,7 +250,7 @@ class DisturbanceMetrics(pl.Callback):
         metrics = [{"epoch": e, "global_step": self.global_steps.get(e, -1),
                     **epoch_metrics(self.history, e, self.interval, self.gt_acc, self.flops), **self.references}
                    for e in epochs]
-        atomic_write_text(out / "disturbance_metrics.csv", _csv(metrics))
+        atomic_write_csv(out / "disturbance_metrics.csv", metrics)
         rows = []
         for i, arch in enumerate(self.archs):
             row: dict[str, Any] = {"arch": str(arch)}
@@ -260,12 +258,4 @@ class DisturbanceMetrics(pl.Callback):
                 row["gt_accuracy"] = self.gt_acc[i]
             row.update({f"epoch_{e}": self.history[e][i] for e in epochs})
             rows.append(row)
-        atomic_write_text(out / "disturbance_history.csv", _csv(rows))
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: repr(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    return buf.getvalue()
+        atomic_write_csv(out / "disturbance_history.csv", rows)

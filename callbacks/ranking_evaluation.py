@@ -10,8 +10,6 @@ are written atomically for each evaluation.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
-from nas_lightning.utils.atomic import atomic_write_json, atomic_write_text
+from nas_lightning.utils.atomic import atomic_write_csv, atomic_write_json
 from nas_lightning.utils.distributed import step_generator
 
 
@@ -141,9 +139,5 @@ class RankingEvaluation(pl.Callback):
 
     def _write(self, trainer: pl.Trainer, out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         tag = f"{trainer.state.fn.value}_epoch{trainer.current_epoch}"
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out / f"ranking_{tag}.csv", buf.getvalue())
+        atomic_write_csv(out / f"ranking_{tag}.csv", rows)
         atomic_write_json(out / f"ranking_{tag}.json", summary)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jsonargparse import auto_cli
 
-from nas_lightning.utils.atomic import atomic_write_text
+from nas_lightning.utils.atomic import atomic_write_csv
 
 METRICS_FILE = "disturbance_metrics.csv"
 #: Summary columns: the section 5.3 metrics, then what GT-Tau has to beat (the GT ceiling, the cost proxies).
@@ -105,11 +105,7 @@ def compare_disturbance(runs: list[str], from_epoch: int = 0, output: str | None
         cells = ["-" if math.isnan(row[k]) else f"{row[k]:.3f} ± {row[k + '_std']:.3f}" for k in COLUMNS]
         print(f"| {row['label']} | {row['runs']} | " + " | ".join(cells) + " |")
     if output:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-        atomic_write_text(output, buf.getvalue())
+        atomic_write_csv(output, table)
         print(f"wrote {output}")
     return table
 

@@ -10,7 +10,7 @@ from jsonargparse import auto_cli
 
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
-from nas_lightning.utils.atomic import atomic_write_json, atomic_write_text
+from nas_lightning.utils.atomic import atomic_write_csv, atomic_write_json
 
 
 def read_arch_file(path: str | Path, space: SearchSpace) -> list[Arch]:
@@ -72,11 +72,7 @@ def cost(space: SearchSpace, archs: list[str] | None = None, archs_file: str | N
         if output.endswith(".json"):
             atomic_write_json(output, rows)
         else:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write_text(output, buf.getvalue())
+            atomic_write_csv(output, rows)
         print(f"wrote {output}")
     return rows
 
