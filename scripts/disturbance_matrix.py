@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from callbacks.disturbance_metrics import draw_archs
-from callbacks.projection_matrix_update import ProjectedSteps
+from callbacks.projection_matrix_update import ProjectedSteps, ProjectionMatrixUpdate
 from nas_lightning.cli import NASLightningCLI
 from nas_lightning.metrics.disturbance import disturbance_matrix, save_disturbance_matrix
 from nas_lightning.utils.distributed import step_generator
@@ -47,16 +47,15 @@ def main() -> None:
     val = list(data.val_dataloader())
     archs = draw_archs(model.space, args.archs, step_generator(args.seed, "disturbance_matrix", 0))
 
+    # The method's own projection callback (DI-NAS builds it from its arguments), with the checkpoint's P.
     rule: Callable[[torch.nn.Module], ProjectedSteps] | None = None
-    states = [v for k, v in ckpt.get("callbacks", {}).items() if k.startswith("ProjectionMatrixUpdate")]
-    if states and model.hparams.get("projection", True):
-        h = model.hparams
-        P = states[0]["P"]
+    projection = [cb for cb in model.configure_callbacks() if isinstance(cb, ProjectionMatrixUpdate)]
+    if projection:
+        cb = projection[0]
+        cb.load_state_dict(ckpt["callbacks"][cb.state_key])
 
-        def rule(net: torch.nn.Module) -> ProjectedSteps:
-            return ProjectedSteps(net, P, float(h["alpha"]), h.get("projection_layers", "all"),
-                                  int(h.get("max_patches", 16)), int(h.get("seed", 0)),
-                                  alpha_linear=h.get("alpha_linear"))
+        def rule(net: torch.nn.Module) -> ProjectedSteps:  # alpha as at the end of training (decay included)
+            return ProjectedSteps(net, cb.P, cb.alpha, cb.layers, cb.max_patches, cb.seed, alpha_linear=cb.alpha_linear)
 
     def optimizer(params):
         opt = model.optimizer_factory(params)

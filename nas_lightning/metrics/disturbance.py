@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nas_lightning.evaluation.inherited import Batch, evaluate_archs
-from nas_lightning.metrics.ranking import ranking_metrics
+from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.supernet.base import Supernet
 from nas_lightning.utils.atomic import atomic_write_text
@@ -294,5 +294,5 @@ def gt_tau_references(gt_acc: Sequence[float], params: Sequence[float], flops: S
                       ceiling: float) -> dict[str, float]:
     """What a GT-Tau has to beat on the same archs: the GT's own seed-to-seed tau (``gt_ceiling``) and the
     Kendall tau of the params and FLOPs cost proxies against GT."""
-    return {"gt_ceiling": ceiling, "params_tau": ranking_metrics(params, gt_acc, k=())["kendall_tau"],
-            "flops_tau": ranking_metrics(flops, gt_acc, k=())["kendall_tau"]}
+    proxies = cost_proxy_metrics(gt_acc, {"params": params, "flops": flops}, k=())
+    return {"gt_ceiling": ceiling, **{f"{name}_tau": m["kendall_tau"] for name, m in proxies.items()}}
