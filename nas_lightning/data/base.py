@@ -61,11 +61,11 @@ def to_normalized_float(images: torch.Tensor, mean: Sequence[float], std: Sequen
     return out
 
 
-def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Batched random crop (zero padding, i.e. the mean after normalisation) and horizontal flip.
 
-    The offsets and flips are drawn on the CPU from ``generator`` (the global RNG if None), so a seeded
-    generator gives the same augmentation on any device."""
+    The offsets and flips are drawn on the CPU from ``generator``, so a seeded generator gives the same
+    augmentation on any device."""
     n, c, h, w = images.shape
     dev = images.device
     if padding > 0:
@@ -80,7 +80,7 @@ def random_crop_flip(images: torch.Tensor, padding: int, generator: torch.Genera
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
-def cutout(images: torch.Tensor, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def cutout(images: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
     """Batched Cutout (DeVries & Taylor 2017, as in the DARTS code): per image, zero a ``length`` x ``length``
     square centred on a uniformly drawn pixel, clipped at the border (zero is the mean after normalisation)."""
     n, _, h, w = images.shape
