@@ -2,13 +2,14 @@
 
     python benchmarks/projected_step.py [--C 16 --N 5 --batch 64 --steps 10 --rounds 3 --threads 1]
 
-The projected step is what ``ProjectionMatrixUpdate`` adds to a step: forward with the input
-recorder on, backward, eq. 6 on every gradient (G @ P), the SGD step, then the step's features folded
-into P (eq. 8, block Woodbury, ``--max-patches`` patches per conv). The plain step is forward,
-backward, SGD. Both run on copies of one NAS-Bench-201 supernet, on the same seeded arch sequence
-and batch, interleaved round by round so that both see the same machine load; after a warm-up that
-gives every layer on the sampled paths its P. Prints the median step times and their ratio, and the
-time of the projection and the P update alone (less sensitive to machine load than the ratio).
+The projected step is what DI-NAS's ``OrthogonalProjector`` (arXiv:2003.13089, eqs. 6-8) adds to a
+step: forward with the input recorder on, backward, eq. 6 on every gradient (G @ P), the SGD step,
+then the step's features folded into P (eq. 8, block Woodbury, ``--max-patches`` patches per conv).
+The plain step is forward, backward, SGD. Both run on copies of one NAS-Bench-201 supernet, on the
+same seeded arch sequence and batch, interleaved round by round so that both see the same machine
+load; after a warm-up that gives every layer on the sampled paths its P. Prints the median step times
+and their ratio, and the time of the projection and the P update alone (less sensitive to machine load
+than the ratio).
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from callbacks.projection_matrix_update import fold_features, mean_inputs, project_gradients, select_layers
-from nas_lightning.projection import LayerInputRecorder, LayerLayout
+from nas_lightning.projection import OrthogonalProjector
 from nas_lightning.spaces import NB201Space
 from nas_lightning.utils import step_generator
 
@@ -51,10 +51,8 @@ def main() -> None:
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     opt_plain = torch.optim.SGD(plain_net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     opt_proj = torch.optim.SGD(proj_net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    layers = select_layers(proj_net, "all")
-    layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
-    recorder = LayerInputRecorder(layers)
-    P: dict[str, torch.Tensor] = {}
+    projector = OrthogonalProjector(alpha=args.alpha, layers="all", max_patches=args.max_patches, seed=args.seed)
+    projector.attach(proj_net)
     step = {"plain": 0, "proj": 0}
     extra: list[float] = []  # per projected step: the time of eq. 6 and eq. 8 alone
 
@@ -70,16 +68,15 @@ def main() -> None:
     def projected_step() -> None:
         t = step["proj"]
         opt_proj.zero_grad(set_to_none=True)
-        recorder.active = True
+        projector.begin_step(t)
         F.cross_entropy(proj_net(x, arch_of(t)), y).backward()
-        recorder.active = False
+        projector.stop_recording()
         t0 = time.perf_counter()
-        project_gradients(layers, layouts, P)
+        projector.project(t)
         t1 = time.perf_counter()
         opt_proj.step()
         t2 = time.perf_counter()
-        fold_features(layers, layouts, P, mean_inputs(recorder.pop(), None), args.alpha, args.max_patches,
-                      step_generator(args.seed, "owm-patches", t))
+        projector.end_step()
         extra.append(t1 - t0 + time.perf_counter() - t2)
         step["proj"] += 1
 
@@ -93,9 +90,10 @@ def main() -> None:
 
     for _ in range(args.warmup):
         plain_step(), projected_step()
+    P, layouts = projector.P, projector.layouts
     sizes = sorted({layouts[n].dim for n in P})
     print(f"NB201 C={args.C} N={args.N} batch={args.batch}, {torch.get_num_threads()} threads, device=cpu; "
-          f"{len(P)} of {len(layers)} layers hold a P (widths {sizes[0]}..{sizes[-1]}), "
+          f"{len(P)} of {len(layouts)} layers hold a P (widths {sizes[0]}..{sizes[-1]}), "
           f"{sum(p.numel() for p in P.values()) * 4 / 2**20:.1f} MiB")
     extra.clear()
     plain_times, proj_times = [], []

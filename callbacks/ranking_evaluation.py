@@ -1,68 +1,25 @@
 """How well the supernet ranks archs: inherited-weight accuracy against ground truth.
 
-At chosen epochs of ``fit`` and at the end of ``validate``, the GT archs are evaluated with
-inherited weights (``SupernetModule.evaluate``, each rank on its shard, summed), and the callback
-logs Kendall tau, Spearman, Pearson, precision@k and the GT rank of the supernet's top arch. Every
-figure stands beside its ceiling (the GT's own seed-to-seed tau) and what the params and FLOPs
-proxies achieve, and tau over pairs of equal cost is reported too. A per-arch CSV and a JSON summary
-are written atomically for each evaluation.
+At chosen epochs of ``fit`` and at the end of ``validate``, the GT archs are evaluated with inherited
+weights (``pl_module.evaluate``, each rank on its shard, summed) and handed to
+``nas_lightning.metrics.ranking_report.RankingEvaluator``, which reports Kendall tau, Spearman, Pearson,
+precision@k and the GT rank of the supernet's top arch beside the GT's seed-to-seed ceiling and the cost
+proxies. The callback logs them under ``rank/`` and writes a per-arch CSV and a JSON summary per evaluation.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
+from typing_extensions import override
 
 from callbacks._paths import output_dir
-from nas_lightning.commands.cost import read_arch_file
 from nas_lightning.methods.supernet_module import SupernetModule
-from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load_ground_truth
-from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
+from nas_lightning.metrics.ranking_report import RankingEvaluator, evaluation_due, format_report, logged_metrics
 from nas_lightning.spaces.arch import Arch
-from nas_lightning.spaces.base import SearchSpace
-from nas_lightning.utils.atomic import atomic_write_csv, atomic_write_json
-from nas_lightning.utils.distributed import step_generator
-
-
-def ranking_report(space: SearchSpace, gt: GroundTruth, archs: list[Arch], inherited: list[float],
-                   k: tuple[int, ...] = (1, 5, 10)) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics of ``inherited`` against the GT of ``archs``, with the ceiling and cost proxies, and
-    the per-arch rows. A pure function: it needs no Trainer."""
-    target = [gt.accuracy[a] for a in archs]
-    params = [float(space.params(a)) for a in archs]
-    flops = [float(space.flops(a)) for a in archs]
-    summary: dict[str, Any] = {
-        "num_archs": len(archs),
-        "supernet": ranking_metrics(inherited, target, k=k, costs=flops),
-        "proxies": cost_proxy_metrics(target, {"params": params, "flops": flops}),
-        "gt_seed_to_seed_tau": gt.restrict(archs).seed_to_seed_tau(),  # the ceiling on these archs
-    }
-    order = sorted(range(len(archs)), key=lambda i: -inherited[i])
-    rows = [{"arch": str(archs[i]), "gt_accuracy": target[i], "inherited_accuracy": inherited[i],
-             "params": int(params[i]), "flops": int(flops[i])} for i in order]
-    return summary, rows
-
-
-def format_report(summary: dict[str, Any]) -> str:
-    s, p = summary["supernet"], summary["proxies"]
-    ceiling = summary["gt_seed_to_seed_tau"]
-    lines = [
-        f"ranking over {summary['num_archs']} archs      Kendall tau  Spearman  Pearson",
-        f"  supernet (inherited)      {s['kendall_tau']:>10.3f}  {s['spearman']:>8.3f}  {s['pearson']:>7.3f}",
-    ]
-    for name, m in p.items():
-        lines.append(f"  {name + ' proxy':<24}  {m['kendall_tau']:>10.3f}  {m['spearman']:>8.3f}  {m['pearson']:>7.3f}")
-    lines.append(f"  GT seed-to-seed (ceiling)  {ceiling:>9.3f}" if not math.isnan(ceiling)
-                 else "  GT seed-to-seed (ceiling)        n/a (one seed)")
-    lines.append(f"  tau over equal-FLOPs pairs: {s.get('kendall_tau_equal_cost', float('nan')):.3f} "
-                 f"({s.get('equal_cost_pairs', 0)} pairs); GT rank of the supernet's top arch: {s['top1_gt_rank']}")
-    return "\n".join(lines)
 
 
 class RankingEvaluation(pl.Callback):
@@ -84,60 +41,44 @@ class RankingEvaluation(pl.Callback):
                  max_archs: int | None = 100, seed: int = 0,
                  k: tuple[int, ...] = (1, 5, 10), output_dir: str | None = None, metric: str = "accuracy",
                  nats_dataset: str = "cifar10") -> None:
-        if every_n_epochs < 0 or (max_archs is not None and max_archs < 2):
-            raise ValueError(f"need every_n_epochs >= 0 and max_archs >= 2, got {every_n_epochs}, {max_archs}")
-        self.ground_truth_path, self.archs_file = ground_truth, archs_file
-        self.every_n_epochs, self.max_archs, self.seed, self.k = every_n_epochs, max_archs, seed, tuple(k)
-        self.output_dir, self.metric, self.nats_dataset = output_dir, metric, nats_dataset
-        self.gt: GroundTruth | None = None
-        self.archs: list[Arch] = []
-        self.last_summary: dict[str, Any] | None = None
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs must be >= 0 (0: only at the end of fit), got {every_n_epochs}")
+        self.ground_truth_path, self.every_n_epochs, self.output_dir = ground_truth, every_n_epochs, output_dir
+        self.evaluator = RankingEvaluator(ground_truth, archs_file, max_archs, seed, k, metric, nats_dataset)
 
     @property
+    def archs(self) -> list[Arch]:
+        return self.evaluator.archs
+
+    @property
+    def last_summary(self) -> dict[str, Any] | None:
+        return self.evaluator.last_summary
+
+    @property
+    @override
     def state_key(self) -> str:
         return self._generate_state_key(ground_truth=self.ground_truth_path)
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not isinstance(pl_module, SupernetModule):
             raise TypeError(f"RankingEvaluation needs a SupernetModule method, got {type(pl_module).__name__}")
-        if self.gt is None:
-            self.gt = load_ground_truth(self.ground_truth_path, pl_module.space, metric=self.metric,
-                                        nats_dataset=self.nats_dataset)
-            wanted = read_arch_file(self.archs_file, pl_module.space) if self.archs_file else self.gt.archs
-            covered = check_coverage(self.gt, wanted, self.ground_truth_path)
-            if self.max_archs is not None and len(covered) > self.max_archs:
-                perm = torch.randperm(len(covered), generator=step_generator(self.seed, "ranking", 0))
-                covered = [covered[i] for i in sorted(perm[: self.max_archs].tolist())]
-            self.archs = covered
+        self.evaluator.prepare(pl_module.space)
 
-    def _due(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        if trainer.state.fn != TrainerFn.FITTING:
-            return True
-        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) and trainer.max_epochs not in (None, -1)
-        return last or (self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._due(trainer) or self.gt is None:
-            return
-        assert isinstance(pl_module, SupernetModule)
-        inherited = pl_module.evaluate(self.archs).accuracy.tolist()
-        summary, rows = ranking_report(pl_module.space, self.gt, self.archs, inherited, self.k)
-        summary.update(epoch=trainer.current_epoch, global_step=trainer.global_step, stage=trainer.state.fn.value)
-        self.last_summary = summary
-        logged = {f"rank/{name}": v for name, v in summary["supernet"].items() if not math.isnan(v)}
-        logged.update({f"rank/{p}_kendall_tau": m["kendall_tau"] for p, m in summary["proxies"].items()})
-        if not math.isnan(summary["gt_seed_to_seed_tau"]):
-            logged["rank/gt_seed_to_seed_tau"] = summary["gt_seed_to_seed_tau"]
-        pl_module.log_dict({k: float(v) for k, v in logged.items()}, rank_zero_only=True)
-        # trainer.log_dir broadcasts under DDP, so every rank asks for it.
-        out = output_dir(trainer, self.output_dir, "ranking")
-        if trainer.is_global_zero:
-            self._write(trainer, out, summary, rows)
-            rank_zero_info(format_report(summary))
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not trainer.sanity_checking and evaluation_due(fitting, trainer.current_epoch, trainer.max_epochs,
+                                                          self.every_n_epochs):
+            self._evaluate(trainer, pl_module)
 
-    def _write(self, trainer: pl.Trainer, out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-        tag = f"{trainer.state.fn.value}_epoch{trainer.current_epoch}"
-        atomic_write_csv(out / f"ranking_{tag}.csv", rows)
-        atomic_write_json(out / f"ranking_{tag}.json", summary)
+    def _evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, SupernetModule)
+        fn, epoch = trainer.state.fn, trainer.current_epoch
+        summary, rows = self.evaluator.report(pl_module.space, pl_module.evaluate(self.archs).accuracy.tolist(),
+                                              epoch=epoch, global_step=trainer.global_step, stage=fn.value)
+        pl_module.log_dict(logged_metrics(summary), rank_zero_only=True)
+        out = output_dir(trainer, self.output_dir, "ranking")  # trainer.log_dir broadcasts: every rank asks
+        if trainer.is_global_zero:
+            self.evaluator.write(out, f"{fn.value}_epoch{epoch}", summary, rows)
+            rank_zero_info(format_report(summary))

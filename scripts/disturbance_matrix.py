@@ -6,7 +6,8 @@
 Builds the run's method and data from its configs (as ``nas-lightning fit`` would), loads the checkpoint's
 weights, and trains ``--archs`` archs one step each, in sequence, on a copy of the supernet, recording every
 arch's validation accuracy after each step. The copy trains with the method's own step: with a checkpointed
-``ProjectionMatrixUpdate`` (DI-NAS), the gradients are projected with the checkpoint's P at the method's alpha.
+projection callback (DI-NAS's ``ProjectionMatrixUpdate``, whose state is an ``OrthogonalProjector``'s), the
+gradients are projected with the checkpoint's P at the method's alpha (arXiv:2003.13089, eqs. 6-8).
 Prints the mean absolute change that training one arch causes in the *other* archs' accuracy (the
 disturbance) and the mean change of the trained arch itself, and writes the matrix as CSV and PNG.
 """
@@ -16,13 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
-from callbacks.disturbance_metrics import draw_archs
-from callbacks.projection_matrix_update import ProjectedSteps, ProjectionMatrixUpdate
 from nas_lightning.cli import NASLightningCLI
-from nas_lightning.metrics.disturbance import disturbance_matrix, save_disturbance_matrix
+from nas_lightning.metrics.disturbance import disturbance_matrix, draw_archs, save_disturbance_matrix
+from nas_lightning.projection import OrthogonalProjector, ProjectedSteps
 from nas_lightning.utils.distributed import step_generator
 
 
@@ -49,13 +50,12 @@ def main() -> None:
 
     # The method's own projection callback (DI-NAS builds it from its arguments), with the checkpoint's P.
     rule: Callable[[torch.nn.Module], ProjectedSteps] | None = None
-    projection = [cb for cb in model.configure_callbacks() if isinstance(cb, ProjectionMatrixUpdate)]
+    projection = [cb for cb in model.configure_callbacks() if isinstance(getattr(cb, "projector", None),
+                                                                          OrthogonalProjector)]
     if projection:
         cb = projection[0]
         cb.load_state_dict(ckpt["callbacks"][cb.state_key])
-
-        def rule(net: torch.nn.Module) -> ProjectedSteps:  # alpha as at the end of training (decay included)
-            return ProjectedSteps(net, cb.P, cb.alpha, cb.layers, cb.max_patches, cb.seed, alpha_linear=cb.alpha_linear)
+        rule = partial(cb.projector.projected_steps, progress=1.0)  # alpha as at the end of training (decay included)
 
     def optimizer(params):
         opt = model.optimizer_factory(params)

@@ -15,9 +15,9 @@ from scipy import stats
 
 from nas_lightning.cli import main
 
+# No num_classes, in_channels or input_size: the CLI links them from the data module.
 SPACE = {"class_path": "nas_lightning.spaces.ChainSpace",
-         "init_args": {"num_layers": 2, "ops": ["nor_conv_1x1", "nor_conv_3x3", "skip_connect"], "C": 8,
-                       "num_classes": 4, "in_channels": 1, "input_size": 12}}
+         "init_args": {"num_layers": 2, "ops": ["nor_conv_1x1", "nor_conv_3x3", "skip_connect"], "C": 8}}
 DATA = {"class_path": "nas_lightning.data.SyntheticDataModule",
         "init_args": {"num_classes": 4, "in_channels": 1, "image_size": 12, "num_train": 512, "num_test": 128,
                       "noise": 0.5, "batch_size": 32, "val_fraction": 0.25}}
@@ -141,3 +141,16 @@ def test_wandb_logger_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     main(["fit", "-c", str(config), "-c", str(logger), "--trainer.logger.init_args.save_dir", str(tmp_path)])
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_the_space_takes_classes_and_image_shape_from_the_data(tmp_path: Path) -> None:
+    from nas_lightning.cli import NASLightningCLI
+
+    cli = NASLightningCLI(["-c", str(write_config(tmp_path))], run=False)
+    space = cli.model.space
+    assert (space.num_classes, space.in_channels, space.input_size) == (4, 1, 12)  # DATA's values, given once
+    # The same value written twice is accepted; a contradicting one is refused, naming the key and the data's value.
+    NASLightningCLI(["-c", str(write_config(tmp_path)), "--model.init_args.space.init_args.num_classes=4"], run=False)
+    with pytest.raises(ValueError, match=r"space.init_args.input_size=32 but the data gives image_size=12"):
+        NASLightningCLI(["-c", str(write_config(tmp_path)), "--model.init_args.space.init_args.input_size=32"],
+                        run=False)

@@ -35,17 +35,21 @@ def stand_ins(config: Path, tmp_path: Path) -> list[str]:
             args.append(f"--data.init_args.root={tmp_path}")
     space_cfg = cfg["model"]["init_args"]["space"]
     module, _, name = space_cfg["class_path"].rpartition(".")
-    space = getattr(importlib.import_module(module), name)(**space_cfg.get("init_args", {}))
+    space_args = dict(space_cfg.get("init_args", {}))
     if "nas_lightning.data.ImageFolderDataModule\n" in text:
+        # ImageNet: 1000 class folders; the CLI links classes, channels and size from the data module.
+        space_args.update(num_classes=1000, in_channels=3, input_size=cfg["data"]["init_args"]["image_size"])
         for split in ("train", "val"):
-            for c in range(space.num_classes):
+            for c in range(1000):
                 (tmp_path / "imagenet" / split / f"class{c:04d}").mkdir(parents=True)
         args.append(f"--data.init_args.root={tmp_path / 'imagenet'}")
-    if cfg["model"]["init_args"].get("latency_table"):
+    sampler_args = cfg["model"]["init_args"].get("sampler", {}).get("init_args", {})
+    if sampler_args.get("latency_table"):
+        space = getattr(importlib.import_module(module), name)(**space_args)
         table = {"metadata": {"space": space.config()}, "fixed": {"stem": 1.0},
                  "layers": [{op: 1.0 for op in d.choices} for d in space.decisions]}
         (tmp_path / "latency.json").write_text(json.dumps(table))
-        args.append(f"--model.init_args.latency_table={tmp_path / 'latency.json'}")
+        args.append(f"--model.init_args.sampler.init_args.latency_table={tmp_path / 'latency.json'}")
     return args
 
 

@@ -136,7 +136,7 @@ def test_sampler_is_uniform_in_warm_up_then_follows_the_controller() -> None:
     sampler = ControllerSampler(space, seed=4, hidden_size=16)
     uniform = UniformSampler(space, seed=4)
     assert [sampler.sample(s) for s in range(20)] == [uniform.sample(s) for s in range(20)]
-    sampler.start_step = 10
+    sampler.start(10)
     assert [sampler.sample(s) for s in range(10)] == [uniform.sample(s) for s in range(10)]
     with torch.no_grad():
         expected = [sampler.controller.sample(1, step_generator(4, "controller", s))[0][0] for s in range(10, 30)]
@@ -146,7 +146,7 @@ def test_sampler_is_uniform_in_warm_up_then_follows_the_controller() -> None:
 def test_sampler_state_round_trip_includes_weights_optimizer_and_baseline() -> None:
     space = tiny_space(num_layers=3)
     a = ControllerSampler(space, seed=1, hidden_size=16, lr=0.05)
-    a.start_step = 3
+    a.start(3)
     for _ in range(3):
         archs = a.draw_update_archs(4)
         a.update(archs, torch.tensor([float(x.indices[0] == 1) for x in archs]))

@@ -10,8 +10,8 @@ import torch
 from scipy import stats
 
 from nas_lightning.spaces.base import ArchFormatError
-from nas_lightning.spaces.darts import DARTS_V2_GENOTYPE, DartsSpace
-from nas_lightning.supernet.darts_ops import DARTS_OPS, DARTS_PRIMITIVES
+from nas_lightning.spaces.darts import DARTS_PRIMITIVES, DARTS_V2_GENOTYPE, DartsSpace, Edge, Gene, ParentPair
+from nas_lightning.supernet import OPS
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,6 +88,24 @@ def test_malformed_strings_are_rejected(case: str) -> None:
         DartsSpace().decode(text)
 
 
+def test_genotype_and_cell_edges_are_typed() -> None:
+    """The network gets typed genes from the space; no parent pair is parsed back from its choice name."""
+    space = DartsSpace()
+    arch = space.decode(DARTS_V2_GENOTYPE)
+    genotype = space.genotype(arch)
+    assert genotype["normal"][2] == Gene(Edge("skip_connect", 0), Edge("sep_conv_3x3", 1))
+    assert genotype["reduce"][3] == Gene(Edge("max_pool_3x3", 1), Edge("skip_connect", 2))
+    assert all(type(e.parent) is int for genes in genotype.values() for gene in genes for e in gene)
+    pair = ParentPair(0, 2)
+    assert str(pair) == "0,2" == space.to_dict(arch)["normal.5.parents"] and pair == (0, 2)
+    assert space.cell_edges("normal", arch) == {
+        (2, 0): ("sep_conv_3x3",), (2, 1): ("sep_conv_3x3",), (3, 0): ("sep_conv_3x3",), (3, 1): ("sep_conv_3x3",),
+        (4, 0): ("skip_connect",), (4, 1): ("sep_conv_3x3",), (5, 0): ("skip_connect",), (5, 2): ("dil_conv_3x3",),
+    }
+    every = space.cell_edges("reduce")
+    assert list(every) == [(n, j) for n in (2, 3, 4, 5) for j in range(n)] and set(every.values()) == {DARTS_PRIMITIVES}
+
+
 # --- decisions and sampling -----------------------------------------------------------------------
 def test_parent_pair_decisions_cover_every_pair_once() -> None:
     space = DartsSpace()
@@ -155,14 +173,14 @@ def test_supernet_path_equals_exported_network(affine: bool) -> None:
 def test_stand_alone_holds_only_the_selected_edges() -> None:
     space = tiny()
     supernet = space.build_supernet()
-    for cell in supernet.cells:
-        assert len(cell.edges) == 14 and all(len(ops) == 8 for ops in cell.edges.values())
+    for cell in supernet.body:
+        assert len(cell.edges) == 14 and all(len(ops.candidates) == 8 for ops in cell.edges.values())
     arch = space.decode(DARTS_V2_GENOTYPE)
     net = space.build_network(arch)
-    for cell in net.cells:
+    for cell in net.body:
         genes = ["2<-0", "2<-1", "3<-0", "3<-1", "4<-0", "4<-1", "5<-0", "5<-2"] if not cell.reduction else \
             ["2<-0", "2<-1", "3<-1", "3<-2", "4<-0", "4<-2", "5<-1", "5<-2"]
-        assert sorted(cell.edges) == genes and all(len(ops) == 1 for ops in cell.edges.values())
+        assert sorted(cell.edges) == genes and all(len(ops.candidates) == 1 for ops in cell.edges.values())
     with pytest.raises(ValueError, match="fixed to"):
         net(torch.zeros(1, 1, 8, 8), space.decode(all_none(space)))
 
@@ -181,10 +199,10 @@ def test_unselected_ops_get_no_gradient() -> None:
                 selected |= {(cell, f"{node}<-{a}", choice[f"{cell}.{node}.op_a"]),
                              (cell, f"{node}<-{b}", choice[f"{cell}.{node}.op_b"])}
         for name, p in supernet.named_parameters():
-            parts = name.split(".")
-            if parts[0] == "cells" and parts[2] == "edges":
-                cell = "reduce" if supernet.cells[int(parts[1])].reduction else "normal"
-                assert (p.grad is not None) == ((cell, parts[3], parts[4]) in selected), name
+            parts = name.split(".")  # body.<cell>.edges.<node><-<parent>.candidates.<op>...
+            if parts[0] == "body" and parts[2] == "edges":
+                cell = "reduce" if supernet.body[int(parts[1])].reduction else "normal"
+                assert (p.grad is not None) == ((cell, parts[3], parts[5]) in selected), name
             else:  # stem, preprocessing, classifier
                 assert p.grad is not None, name
 
@@ -207,10 +225,10 @@ def test_darts_v2_has_the_published_parameter_count() -> None:
 ])
 def test_op_parameter_counts_and_strides(op: str, params: int) -> None:
     x = torch.randn(2, 16, 8, 8)
-    strided = DARTS_OPS.get(op)(16, 2, True)
+    strided = OPS.get(op)(16, 16, 2, True)
     assert sum(p.numel() for p in strided.parameters()) == params
     assert strided(x).shape == (2, 16, 4, 4)
-    assert DARTS_OPS.get(op)(16, 1, True)(x).shape == x.shape
+    assert OPS.get(op)(16, 16, 1, True)(x).shape == x.shape
 
 
 def test_flops_match_a_hand_count() -> None:

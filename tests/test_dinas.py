@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks.controller_step import ControllerStep, controller_batches, controller_updates
+from callbacks.controller_step import ControllerStep
 from callbacks.disturbance_metrics import DisturbanceMetrics
-from callbacks.projection_matrix_update import ProjectedSteps, ProjectionMatrixUpdate
+from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from nas_lightning.data import SyntheticDataModule
+from nas_lightning.data.batch_source import seeded_batches
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.methods import SPOS
 from nas_lightning.methods.dinas import DINAS
+from nas_lightning.projection import ProjectedSteps
 from nas_lightning.samplers import UniformSampler
-from nas_lightning.samplers.controller import ControllerSampler
+from nas_lightning.samplers.controller import ControllerSampler, controller_updates
 from nas_lightning.spaces import ChainSpace, DartsSpace
 from nas_lightning.utils.distributed import step_generator
 
@@ -43,9 +46,14 @@ def make_data() -> SyntheticDataModule:
 
 
 def make_model(**kw: Any) -> DINAS:
-    return DINAS(make_space(), seed=SEED, start_epoch=1, controller_steps_per_epoch=UPDATES, archs_per_step=ARCHS,
-                 controller_hidden=16, controller_lr=0.05, num_eval_archs=2,
+    return DINAS(make_space(), partial(ControllerSampler, hidden_size=16, lr=0.05), seed=SEED, num_eval_archs=2,
                  optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), **kw)
+
+
+def dinas_callbacks(projection: bool = True, **kw: Any) -> list[pl.Callback]:
+    """DI-NAS's two callbacks, after any recording callback (so a recorder sees each epoch end first)."""
+    step = ControllerStep(start_epoch=1, steps_per_epoch=UPDATES, archs_per_step=ARCHS)
+    return [step, ProjectionMatrixUpdate(seed=SEED, **kw)] if projection else [step]
 
 
 def fresh_sampler(state: dict[str, Any] | None = None) -> ControllerSampler:
@@ -75,10 +83,10 @@ class Record(pl.Callback):
                                                       pl_module.sampler.state_dict())
 
 
-def trainer(root: Path, max_epochs: int, callbacks=(), **kw: Any) -> pl.Trainer:
+def trainer(root: Path, max_epochs: int, callbacks=(), dinas: bool = True, **kw: Any) -> pl.Trainer:
     return pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                      callbacks=list(callbacks), **kw)
+                      callbacks=list(callbacks) + (dinas_callbacks() if dinas else []), **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +111,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DINAS, Record, p
 
 def test_warm_up_is_uniform_then_the_controller_samples(full_run) -> None:
     model, record, t, _ = full_run
-    sampler = model.controller_sampler
+    sampler = model.controller
     assert [s for s, _ in record.steps] == list(range(3 * STEPS_PER_EPOCH))
     assert (sampler.start_step, sampler.num_updates, sampler.last_update_epoch) == (STEPS_PER_EPOCH, 2 * UPDATES, 2)
     uniform = UniformSampler(make_space(), seed=SEED)
@@ -132,10 +140,10 @@ def test_rewards_are_inherited_accuracy_on_one_supernet_val_batch(full_run) -> N
     replay = fresh_sampler(state)
     data = make_data()
     data.setup("fit")
-    batches = list(controller_batches(data.val_dataloader(), UPDATES, step_generator(SEED, "controller_batches", 1)))
+    batches = list(seeded_batches(data.val_dataloader(), UPDATES, step_generator(SEED, "controller_batches", 1)))
     assert len(batches) == UPDATES and all(len(y) == 16 for _, y in batches)
     stats = controller_updates(replay, batches, lambda archs, b: evaluate_archs(supernet, archs, [b]).accuracy / 100,
-                               ARCHS, 1e-4, 0.95)
+                               ARCHS)
     after = record.epoch_start[2]
     assert replay.baseline == pytest.approx(after["baseline"], abs=1e-12)
     assert replay.history == after["history"]
@@ -148,7 +156,7 @@ def test_rewards_are_inherited_accuracy_on_one_supernet_val_batch(full_run) -> N
 
 def test_the_controller_exports_its_argmax_and_best_archs(full_run) -> None:
     model, _, _, root = full_run
-    sampler = model.controller_sampler
+    sampler = model.controller
     out = json.loads((root / "controller" / "controller_archs.json").read_text())
     assert out["argmax"]["arch"] == str(sampler.controller.argmax_arch())
     assert out["num_updates"] == 2 * UPDATES and out["baseline"] == pytest.approx(sampler.baseline)
@@ -162,7 +170,7 @@ def test_the_controller_exports_its_argmax_and_best_archs(full_run) -> None:
 
 
 def _assert_same_search_state(a: DINAS, b: DINAS) -> None:
-    sa, sb = a.controller_sampler.state_dict(), b.controller_sampler.state_dict()
+    sa, sb = a.controller.state_dict(), b.controller.state_dict()
     assert {k: sa[k] for k in ("seed", "start_step", "baseline", "num_updates", "last_update_epoch", "history")} == \
         {k: sb[k] for k in ("seed", "start_step", "baseline", "num_updates", "last_update_epoch", "history")}
     for k, v in sa["controller"].items():
@@ -230,24 +238,32 @@ def test_disturbance_matrix_trains_with_the_projection(full_run) -> None:
     assert isinstance(rule, ProjectedSteps) and rule.alpha == projection.alpha and set(rule.P) == set(projection.P)
     assert all(torch.equal(rule.P[n], projection.P[n]) and rule.P[n] is not projection.P[n] for n in rule.P)
     rule.close()
-    plain = trainer(Path(t.default_root_dir), 1, [ControllerStep(start_epoch=5)])
+    plain = trainer(Path(t.default_root_dir), 1, [ControllerStep(start_epoch=5)], dinas=False)
     assert DisturbanceMetrics._step_rule(plain) is None
 
 
-def test_dinas_lists_its_callbacks_and_projection_can_be_turned_off() -> None:
-    on = make_model(alpha=0.01, alpha_linear=0.5, max_patches=4, projection_every_n_steps=2).configure_callbacks()
-    assert [type(c) for c in on] == [ControllerStep, ProjectionMatrixUpdate]
-    assert (on[0].start_epoch, on[0].steps_per_epoch, on[0].archs_per_step) == (1, UPDATES, ARCHS)
-    assert (on[1].alpha, on[1].alpha_linear, on[1].max_patches, on[1].every_n_steps, on[1].seed) == (
-        0.01, 0.5, 4, 2, SEED)
-    assert [type(c) for c in make_model(projection=False).configure_callbacks()] == [ControllerStep]
+def test_dinas_fails_at_setup_without_its_callbacks_and_projection_can_be_turned_off(tmp_path: Path) -> None:
+    def run(model: DINAS, callbacks: list[pl.Callback]) -> None:
+        trainer(tmp_path, 1, callbacks, dinas=False, enable_checkpointing=False, limit_train_batches=1,
+                limit_val_batches=1).fit(model, datamodule=make_data())
+
+    with pytest.raises(RuntimeError, match=r"DINAS needs the callback\(s\) ControllerStep, ProjectionMatrixUpdate"):
+        run(make_model(), [])
+    with pytest.raises(RuntimeError, match=r"needs the callback\(s\) ProjectionMatrixUpdate: add "
+                                           r"`- class_path: callbacks.ProjectionMatrixUpdate`"):
+        run(make_model(), dinas_callbacks(projection=False))
+    run(make_model(projection=False), dinas_callbacks(projection=False))  # the plain weight-sharing ablation
+    # The ablation from a DI-NAS config (which lists the callback): the callback stays off, P is never built.
+    ablation, callbacks = make_model(projection=False), dinas_callbacks()
+    run(ablation, callbacks)
+    assert not callbacks[1].enabled and callbacks[1].P == {} and callbacks[1].updates == 0
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        DINAS(make_space(), controller_steps_per_epoch=0)
+        ControllerStep(steps_per_epoch=0)
 
 
 def test_controller_step_needs_a_controller_sampler(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="ControllerSampler"):
-        trainer(tmp_path, 1, [ControllerStep(start_epoch=0)], enable_checkpointing=False).fit(
+        trainer(tmp_path, 1, [ControllerStep(start_epoch=0)], dinas=False, enable_checkpointing=False).fit(
             SPOS(make_space()), datamodule=make_data())
 
 
@@ -273,7 +289,7 @@ def test_ddp_ranks_keep_identical_controllers(tmp_path: Path) -> None:
     n = r0["steps_per_epoch"]
     uniform = UniformSampler(make_space(), seed=SEED)
     initial = fresh_sampler()
-    initial.start_step = n
+    initial.start(n)
     assert r0["archs"][:2 * n] == [str(uniform.sample(s)) for s in range(n)] + [str(initial.sample(s))
                                                                                   for s in range(n, 2 * n)]
     assert any(not torch.equal(v, initial.controller.state_dict()[k]) for k, v in r0["sampler"]["controller"].items())
@@ -287,18 +303,21 @@ def test_dinas_on_the_darts_space_projects_every_conv_that_ran(tmp_path: Path) -
     space = DartsSpace(C=4, layers=3, num_classes=4, in_channels=3, input_size=8)
     data = SyntheticDataModule(num_classes=4, in_channels=3, image_size=8, num_train=96, num_test=16, noise=0.5,
                                batch_size=16, eval_batch_size=16, val_fraction=1 / 3, seed=0)
-    model = DINAS(space, seed=SEED, start_epoch=1, controller_steps_per_epoch=2, archs_per_step=2,
-                  controller_hidden=16, num_eval_archs=1, max_patches=4, output_dir=str(tmp_path / "controller"),
+    model = DINAS(space, partial(ControllerSampler, hidden_size=16), seed=SEED, num_eval_archs=1,
                   optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
-    trainer(tmp_path, 2, enable_checkpointing=False, limit_val_batches=1).fit(model, datamodule=data)
+    projection = ProjectionMatrixUpdate(max_patches=4, seed=SEED)
+    callbacks = [ControllerStep(start_epoch=1, steps_per_epoch=2, archs_per_step=2,
+                                output_dir=str(tmp_path / "controller")), projection]
+    trainer(tmp_path, 2, callbacks, dinas=False, enable_checkpointing=False, limit_val_batches=1).fit(
+        model, datamodule=data)
 
-    projection = next(c for c in model.configure_callbacks() if isinstance(c, ProjectionMatrixUpdate))
     convs = {n: m for n, m in model.supernet.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    assert projection.P and set(projection.P) <= set(convs) | {"classifier"}
+    (classifier,) = [n for n, m in model.supernet.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert projection.P and set(projection.P) <= set(convs) | {classifier}
     depthwise = [n for n in projection.P if n in convs and convs[n].groups > 1]
     assert depthwise and any(".preprocess" in n or "stem" in n for n in projection.P)
     for name, P in projection.P.items():
-        layout = projection._layouts[name]
+        layout = projection.projector.layouts[name]
         assert P.shape == ((layout.dim, layout.dim) if layout.groups == 1 else (layout.groups, layout.dim, layout.dim))
         assert not torch.equal(P, layout.identity()) and torch.isfinite(P).all()
     assert len(projection.P) < len(convs) + 1  # ops on no trained path keep P = I (not created)

@@ -1,5 +1,6 @@
 """Performance-disturbance metrics (DI-NAS section 5.3): the pure functions against hand-worked numbers
-and scipy, the disturbance matrix's semantics, and the DisturbanceMetrics callback during SPOS fit."""
+and scipy, the disturbance matrix's semantics, the DisturbanceTracker without a Trainer, and the
+DisturbanceMetrics callback during SPOS fit."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from callbacks.disturbance_metrics import DisturbanceMetrics, draw_archs
+from callbacks.disturbance_metrics import DisturbanceMetrics
 from callbacks.projection_matrix_update import (
     ProjectedSteps,
     fold_features,
@@ -32,12 +33,17 @@ from nas_lightning.methods import SPOS
 from nas_lightning.metrics.disturbance import (
     DisturbanceMatrix,
     disturbance_matrix,
+    draw_archs,
     epoch_ktau,
     epoch_metrics,
     gt_tau,
+    lr_of,
+    optimizer_at_lr,
     performance_change,
     save_disturbance_matrix,
 )
+from nas_lightning.metrics.disturbance_tracker import LOGGED, DisturbanceTracker
+from nas_lightning.metrics.ground_truth import load_ground_truth
 from nas_lightning.projection.layer_inputs import LayerInputRecorder
 from nas_lightning.projection.owm import LayerLayout, gradient_matrix
 from nas_lightning.spaces import ChainSpace
@@ -272,6 +278,103 @@ def test_matrix_files_are_a_csv_and_a_png(tmp_path: Path) -> None:
     assert torch.tensor([[float(v) for v in r[1:]] for r in rows[1:]], dtype=torch.float64).equal(result.table())
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png_path.stat().st_size > 1000
     assert sorted(p.name for p in png_path.parent.iterdir()) == ["matrix.csv", "matrix.png"]  # no temp files left
+
+
+# --- the tracker, without a Trainer ---------------------------------------------------------------------
+
+
+def test_draw_archs_gives_distinct_archs_from_the_space_or_a_pool() -> None:
+    sp = space()
+    drawn = draw_archs(sp, 5, step_generator(0, "d", 0))
+    assert len(set(drawn)) == 5 and drawn == draw_archs(sp, 5, step_generator(0, "d", 0))
+    assert sorted(draw_archs(sp, 50, step_generator(0, "d", 0))) == sorted(sp.enumerate()), "capped at the space"
+    pool = list(sp.enumerate())[::-1]
+    picked = draw_archs(sp, 4, step_generator(1, "d", 0), pool)
+    assert len(set(picked)) == 4 and picked == [a for a in pool if a in picked], "a pool keeps its order"
+
+
+def test_tracker_metrics_match_scipy_and_its_state_round_trips(tmp_path: Path) -> None:
+    sp = space()
+    archs = list(sp.enumerate())
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps({str(a): [40.0 + (5 * i) % 9, 41.0 + (2 * i) % 9] for i, a in enumerate(archs)}))
+    tracker = DisturbanceTracker(num_archs=5, interval=2, ground_truth=str(gt_path), seed=3)
+    chosen = tracker.choose_archs(sp)
+    assert chosen == draw_archs(sp, 5, step_generator(3, "disturbance", 0), load_ground_truth(gt_path, sp).archs)
+    gt = tracker.gt_acc
+    assert gt == [load_ground_truth(gt_path, sp).accuracy[a] for a in chosen]
+
+    g = torch.Generator().manual_seed(0)
+    acc = {e: (40.0 + 2.5 * torch.randint(0, 10, (5,), generator=g).double()).tolist() for e in range(4)}
+    logged = {e: tracker.record(e, 10 * (e + 1), acc[e]) for e in range(4)}
+    assert "disturbance/gt_tau" in logged[0] and set(logged[0]) <= {"disturbance/gt_tau",
+                                                                     "disturbance/gt_tau_equal_cost"}, "no epoch t-2"
+    m = tracker.last_metrics  # epoch 3 against epoch 1
+    assert m["performance_change"] == pytest.approx(sum(abs(a - b) for a, b in zip(acc[3], acc[1])) / 5)
+    assert m["ktau"] == pytest.approx(stats.kendalltau(acc[3], acc[1]).statistic, abs=1e-6)
+    assert m["gt_tau"] == pytest.approx(stats.kendalltau(acc[3], gt).statistic, abs=1e-6)
+    assert logged[3] == {f"disturbance/{k}": v for k, v in m.items() if k in LOGGED and not math.isnan(v)}
+    assert {"disturbance/performance_change", "disturbance/ktau", "disturbance/gt_tau"} <= set(logged[3])
+    rows = tracker.metrics_rows()
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and [r["global_step"] for r in rows] == [10, 20, 30, 40]
+    assert math.isnan(rows[1]["ktau"]) and rows[2]["ktau"] == pytest.approx(
+        stats.kendalltau(acc[2], acc[0]).statistic, abs=1e-6)
+    assert rows[0]["flops_tau"] == pytest.approx(stats.kendalltau([sp.flops(a) for a in chosen], gt).statistic,
+                                                 abs=1e-6)
+    with pytest.raises(ValueError, match="one accuracy per arch"):
+        tracker.record(4, 50, acc[0][:-1])
+
+    # The state goes through a checkpoint (here JSON, which turns the epoch keys into strings) and back.
+    state = json.loads(json.dumps(tracker.state_dict()))
+    assert state["archs"] == [str(a) for a in chosen]
+    restored = DisturbanceTracker(num_archs=5, interval=2, ground_truth=str(gt_path), seed=3)
+    restored.load_state_dict(state)
+    restored.choose_archs(sp)
+    assert restored.history == tracker.history and restored.global_steps == tracker.global_steps
+    tracker.write_history(tmp_path / "a")
+    restored.write_history(tmp_path / "b")
+    for name in ("disturbance_metrics.csv", "disturbance_history.csv"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
+    history = read(tmp_path / "a" / "disturbance_history.csv")
+    assert list(history[0]) == ["arch", "gt_accuracy", "epoch_0", "epoch_1", "epoch_2", "epoch_3"]
+    assert [float(r["epoch_3"]) for r in history] == acc[3]
+
+    other = DisturbanceTracker(num_archs=5, interval=2, ground_truth=str(gt_path), seed=4)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="another arch set"):
+        other.choose_archs(sp)
+
+
+def test_tracker_matrix_trains_on_the_latest_batches_at_the_given_lr() -> None:
+    torch.manual_seed(0)
+    sp = space()
+    net = sp.build_supernet()
+    tracker = DisturbanceTracker(num_archs=3, matrix_archs=2, matrix_steps=2, seed=0)
+    tracker.choose_archs(sp)
+    assert tracker.matrix_arch_list == draw_archs(sp, 2, step_generator(0, "disturbance_matrix", 0))
+    val = batches(1, seed=1)
+    assert not tracker.matrix_ready(val)
+    seen = batches(6, seed=2)
+    for batch in seen:
+        tracker.observe_train_batch(batch)
+    assert tracker.matrix_ready(val) and not tracker.matrix_ready([])
+    # A 0.3 lr from a factory built at 0.01: what ``matrix_lr`` or the run's current rate does.
+    factory = optimizer_at_lr(lambda p: torch.optim.SGD(p, lr=0.01), 0.3)
+    result = tracker.compute_matrix(net, val, factory)
+    want = disturbance_matrix(net, tracker.matrix_arch_list, seen[-4:], val, lambda p: torch.optim.SGD(p, lr=0.3),
+                              steps_per_arch=2)
+    assert tracker.last_matrix is result and torch.equal(result.table(), want.table())
+    assert not torch.equal(result.after[:, -1], result.before)
+    with pytest.raises(ValueError, match="matrix_archs=0"):
+        DisturbanceTracker(num_archs=3).compute_matrix(net, val, factory)
+
+
+def test_lr_of_finds_the_group_that_trains_the_supernet() -> None:
+    net, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD([{"params": other.parameters(), "lr": 0.5}, {"params": net.parameters(), "lr": 0.2}])
+    assert lr_of([opt], net.parameters()) == 0.2
+    assert lr_of([], net.parameters()) is None
+    assert optimizer_at_lr(lambda p: torch.optim.SGD(p, lr=0.1), None)(net.parameters()).param_groups[0]["lr"] == 0.1
 
 
 # --- the callback --------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""SPOS evolutionary search: optimum, constraint, determinism, resume, tiny spaces, export."""
+"""SPOS evolutionary search: optimum, constraint, determinism, resume, tiny spaces, export, and the
+resumable run with its files (``EvolutionRun``), all without a Trainer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import math
 
 import pytest
 
-from nas_lightning.search import EvolutionConfig, EvolutionResult, evolution_search, export_top_archs
+from nas_lightning.search import (
+    EvolutionConfig,
+    EvolutionResult,
+    EvolutionRun,
+    evolution_search,
+    export_top_archs,
+    format_top_archs,
+)
 from nas_lightning.spaces import Arch, ChainSpace, NB201Space
 from nas_lightning.utils.atomic import atomic_write_json, strict_json
 
@@ -274,3 +282,76 @@ def test_isomorphic_nb201_archs_are_scored_once():
     assert all(nb201.canonical(a) == a for a in scored)
     assert len({nb201.isomorphism_key(a) for a in scored}) == len(scored) > 300
     assert len({nb201.isomorphism_key(a) for a, _ in result.top}) == 10
+
+
+# --- EvolutionRun: the search with its state and result files ---------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def test_run_killed_mid_search_resumes_from_its_state_file(space, tmp_path):
+    config = EvolutionConfig(**SMALL, seed=5)
+    full_logs: list[str] = []
+    full = EvolutionRun(tmp_path / "full", config, log=full_logs.append).search(space, Spy(), progress=False)
+
+    calls = 0
+
+    def dies_in_generation_3(archs: list[Arch]) -> list[float]:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise Crash
+        return [score(a) for a in archs]
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(Crash):
+        EvolutionRun(run_dir, config).search(space, dies_in_generation_3, progress=False)
+    saved = json.loads((run_dir / "evolution_state.json").read_text())
+    assert saved["generation"] == 2 and not (run_dir / "top_archs.json").exists()
+
+    logs: list[str] = []
+    spy = Spy()
+    resumed = EvolutionRun(run_dir, config, log=logs.append).search(space, spy, progress=False)
+    _assert_same(resumed, full)
+    already = {space.decode(a) for a, _ in saved["scores"]}
+    assert spy.calls and not already & set(spy.all_archs), "the resumed run re-scored an arch"
+    assert logs[0].startswith("resuming the evolution from generation 2")
+    assert f"best arch: {full.best[0]}" in logs[-1] and full_logs[-1] == logs[-1].replace(str(run_dir), str(
+        tmp_path / "full"))
+    top = json.loads((run_dir / "top_archs.json").read_text())
+    assert [r["arch"] for r in top] == [str(a) for a, _ in full.top]
+    assert json.loads((run_dir / "evolution_state.json").read_text()) == json.loads(json.dumps(full.to_dict()))
+
+    # resume=False ignores the state file and searches from generation 0 again.
+    fresh = Spy()
+    again = EvolutionRun(run_dir, config, resume=False).search(space, fresh, progress=False)
+    _assert_same(again, full)
+    assert len(fresh.all_archs) == len(full.scores)
+
+
+def test_non_writer_takes_the_broadcast_state_and_writes_nothing(space, tmp_path):
+    config = EvolutionConfig(**SMALL, seed=2)
+    short = evolution_search(space, Spy(), EvolutionConfig(**{**SMALL, "generations": 2}, seed=2), progress=False)
+    shared = json.loads(json.dumps(short.to_dict()))
+    asked: list[object] = []
+
+    def broadcast(obj: object) -> dict:
+        asked.append(obj)  # a non-writer offers nothing of its own
+        return shared
+
+    result = EvolutionRun(tmp_path / "rank1", config, writer=False, broadcast=broadcast).search(space, Spy(),
+                                                                                                progress=False)
+    assert asked == [None]
+    _assert_same(result, evolution_search(space, Spy(), config, progress=False))
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_format_top_archs_lists_rank_score_and_cost(space):
+    result = evolution_search(space, Spy(), EvolutionConfig(**SMALL), progress=False)
+    lines = format_top_archs(space, result.top).splitlines()
+    assert len(lines) == len(result.top) + 1 and lines[0].split()[:2] == ["rank", "arch"]
+    for i, (line, (arch, value)) in enumerate(zip(lines[1:], result.top, strict=True), start=1):
+        params, flops = space.cost(arch)
+        assert line.split() == [str(i), str(arch), f"{value:.2f}", f"{params / 1e6:.4f}", f"{flops / 1e6:.2f}"]

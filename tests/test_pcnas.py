@@ -8,14 +8,14 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from callbacks.pool_shrinking import PoolShrinking, shrink, shrink_due
-from nas_lightning.commands.cost import read_arch_file
+from callbacks.pool_shrinking import PoolShrinking
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
 from nas_lightning.latency import FlopsProxy, LatencyModel, LatencyTable
@@ -23,8 +23,10 @@ from nas_lightning.methods import SPOS
 from nas_lightning.methods.pcnas import PCNAS
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
+from nas_lightning.search.pool_shrink import next_pool, shrink_due, shrink_record
 from nas_lightning.search.potential import PotentialResult, draw_completions, potentials
 from nas_lightning.spaces import MOBILENET_SMALL_OPS, ChainSpace, MobileNetSpace, NB201Space
+from nas_lightning.utils.arch_file import read_arch_file
 from nas_lightning.utils.distributed import step_generator
 
 OPS3 = ("nor_conv_1x1", "nor_conv_3x3", "skip_connect")
@@ -68,8 +70,11 @@ def test_pool_shrinks_as_algorithm_2_on_a_hand_worked_table() -> None:
         assert shrink_due(1 + 2 * k, pool.num_fixed, 3, 1, 2) and not shrink_due(2 * k, pool.num_fixed, 3, 1, 2)
         cands = pool.candidates(space)
         assert cands == expected_candidates[k]
-        result = PotentialResult(cands, [table[c] for c in cands], [[] for _ in cands], [[] for _ in cands], 0, 0)
-        record = shrink(pool, space, result, 2, epoch=1 + 2 * k)
+        kept, result = next_pool(pool.members, space, lambda c: PotentialResult(
+            c, [table[x] for x in c], [[] for _ in c], [[] for _ in c], 0, 0), 2)
+        assert result.candidates == cands
+        record = shrink_record(pool, space, result, kept, epoch=1 + 2 * k)
+        pool.advance(kept, record)
         assert pool.members == expected_pools[k] and record["layer"] == k
     assert pool.is_complete(space) and not shrink_due(100, 3, 3, 1, 2)
     assert [r["kept"] for r in pool.history] == [[list(m) for m in p] for p in expected_pools]
@@ -82,8 +87,8 @@ def test_pool_shrinks_as_algorithm_2_on_a_hand_worked_table() -> None:
 
 def test_every_sampled_and_potential_completion_meets_the_limit() -> None:
     space = chain3()
-    model = OpCost(space)
-    sampler = PoolSampler(space, seed=0, max_latency=4.0, latency_model=model)
+    sampler = PoolSampler(space, seed=0, max_latency=4.0, latency_model=OpCost)
+    model = sampler.limit.model
     sampler.pool.members = [(1,)]  # nor_conv_3x3 fixed: the other two layers may add at most 1
     archs = [sampler.sample(t) for t in range(150)]
     assert all(model(a) <= 4.0 for a in archs)
@@ -107,7 +112,7 @@ def test_infeasible_candidates_are_dropped_and_an_impossible_limit_is_a_clear_er
     assert set(draws.dropped) == {1} and draws.completions[1] == []  # its cheapest completion costs 6
     with pytest.raises(ValueError, match=r"max_latency=-1.0.*raise max_latency above -1.0"), pytest.warns(UserWarning):
         draw_completions(space, [(0,), (1,), (2,)], 10, 2, torch.Generator(), LatencyLimit(OpCost(space), -1.0))
-    sampler = PoolSampler(space, max_latency=2.0, latency_model=OpCost(space), max_tries=20)
+    sampler = PoolSampler(space, max_latency=2.0, latency_model=OpCost, max_tries=20)
     sampler.pool.members = [(1,)]
     with pytest.raises(RuntimeError, match="relax max_latency"):
         sampler.sample(0)
@@ -143,10 +148,13 @@ def test_potentials_equal_a_plain_per_completion_evaluation() -> None:
 
 # --- fits: short run to a full arch, crash-and-resume, DDP --------------------------------------------
 
-def make_model(out: Path, **kw) -> PCNAS:
+def make_model(**kw) -> PCNAS:
     return PCNAS(chain3(), seed=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), pool_size=2,
-                 num_completions=12, warmup_epochs=1, interval_epochs=1, num_eval_archs=0, num_val_batches=2,
-                 output_dir=str(out), **kw)
+                 num_completions=12, num_eval_archs=0, num_val_batches=2, **kw)
+
+
+def shrinking(out: Path) -> PoolShrinking:
+    return PoolShrinking(warmup_epochs=1, interval_epochs=1, output_dir=str(out))
 
 
 def make_data() -> SyntheticDataModule:
@@ -157,7 +165,8 @@ def make_data() -> SyntheticDataModule:
 def fit(model: PCNAS, root: Path, max_epochs: int, callbacks=(), ckpt_path: str | None = None) -> pl.Trainer:
     t = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, default_root_dir=root,
                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                   enable_checkpointing=bool(callbacks), callbacks=list(callbacks))
+                   enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
+                   callbacks=list(callbacks))
     t.fit(model, datamodule=make_data(), ckpt_path=ckpt_path)
     return t
 
@@ -165,9 +174,9 @@ def fit(model: PCNAS, root: Path, max_epochs: int, callbacks=(), ckpt_path: str 
 def test_latency_table_file_errors_say_what_to_do(tmp_path: Path) -> None:
     space = MobileNetSpace("small", width_mult=0.25, num_classes=4, in_channels=1, input_size=8, depths=[1] * 6)
     with pytest.raises(FileNotFoundError, match="nas-lightning measure-latency --space"):
-        PCNAS(space, latency_table=str(tmp_path / "missing.json"))
+        PCNAS(space, sampler=partial(PoolSampler, latency_table=str(tmp_path / "missing.json")))
     with pytest.raises(ValueError, match="not both"):
-        PCNAS(space, latency_table=str(tmp_path / "missing.json"), latency_model=FlopsProxy(space))
+        PoolSampler(space, latency_table=str(tmp_path / "missing.json"), latency_model=FlopsProxy)
 
 
 def test_pool_shrinking_needs_a_pool_sampler(tmp_path: Path) -> None:
@@ -175,11 +184,16 @@ def test_pool_shrinking_needs_a_pool_sampler(tmp_path: Path) -> None:
         fit(SPOS(chain3()), tmp_path, 1, callbacks=[PoolShrinking()])
 
 
+def test_pcnas_without_its_callback_fails_at_setup_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"PCNAS needs the callback\(s\) PoolShrinking.*callbacks.PoolShrinking"):
+        fit(make_model(), tmp_path, 1)
+
+
 @pytest.mark.slow
 def test_fit_reaches_a_full_arch_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     pl.seed_everything(0)
-    full = make_model(tmp_path / "full")
-    fit(full, tmp_path / "full", 4)  # T_w + L * T_i = 1 + 3 * 1 epochs
+    full = make_model()
+    fit(full, tmp_path / "full", 4, [shrinking(tmp_path / "full")])  # T_w + L * T_i = 1 + 3 * 1 epochs
     space = full.space
     assert full.pool.is_complete(space) and len(full.pool.history) == 3
     assert [r["epoch"] for r in full.pool.history] == [1, 2, 3]
@@ -199,16 +213,17 @@ def test_fit_reaches_a_full_arch_and_a_resumed_run_equals_the_uninterrupted_one(
     # Killed after the first shrink (the epoch-end checkpoint holds it), then resumed.
     pl.seed_everything(0)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
-    first = make_model(tmp_path / "a")
-    fit(first, tmp_path / "a", 1, [ckpt])
+    first = make_model()
+    fit(first, tmp_path / "a", 1, [ckpt, shrinking(tmp_path / "a")])
     assert len(first.pool.history) == 1
     partial = json.loads((tmp_path / "a" / "final_pool.json").read_text())
     assert "completed" in partial[0] and all(space.decode(r["arch"]).indices[:1] == tuple(r["partial"])
                                              for r in partial)
     pl.seed_everything(123)
-    resumed = make_model(tmp_path / "b")
+    resumed = make_model()
     assert resumed.pool.members == []
-    fit(resumed, tmp_path / "b", 4, [pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+    fit(resumed, tmp_path / "b", 4,
+        [pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt2"), shrinking(tmp_path / "b")],
         ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed.pool.members == full.pool.members
     assert [(r["epoch"], r["candidates"], r["kept"]) for r in resumed.pool.history] == \
@@ -252,10 +267,10 @@ def test_pcnas_on_the_mobilenet_space_under_a_latency_table(tmp_path: Path) -> N
     (tmp_path / "table.json").write_text(json.dumps(table))
     latency = LatencyTable.from_dict(space, table)
     limit = 8.0
-    model = PCNAS(space, seed=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), pool_size=2,
-                  num_completions=4, warmup_epochs=1, interval_epochs=1, num_eval_archs=0, num_val_batches=1,
-                  max_latency=limit, latency_table=str(tmp_path / "table.json"), output_dir=str(tmp_path / "pcnas"))
-    fit(model, tmp_path, max_epochs=1 + space.num_decisions)
+    model = PCNAS(space, partial(PoolSampler, max_latency=limit, latency_table=str(tmp_path / "table.json")),
+                  seed=0, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), pool_size=2,
+                  num_completions=4, num_eval_archs=0, num_val_batches=1)
+    fit(model, tmp_path, max_epochs=1 + space.num_decisions, callbacks=[shrinking(tmp_path / "pcnas")])
     rows = json.loads((tmp_path / "pcnas" / "final_pool.json").read_text())
     assert len(rows) == 2
     for row in rows:

@@ -1,6 +1,6 @@
 """DI-NAS orthogonal gradient projection (eqs. 6-8, Theorem 4.1): the math against hand-worked numbers
-and closed forms, the layer features, and the callback under Lightning (end-to-end P, bf16, resume,
-2-process DDP)."""
+and closed forms, the layer features, ``OrthogonalProjector`` step by step without a Trainer, and the
+callback under Lightning (end-to-end P, bf16, resume, 2-process DDP)."""
 
 from __future__ import annotations
 
@@ -18,33 +18,41 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from typing_extensions import override
 
-from callbacks.projection_matrix_update import (
-    ProjectionMatrixUpdate,
-    fold_features,
-    project_gradients,
-    select_layers,
-)
+from callbacks.projection_matrix_update import ProjectionMatrixUpdate
 from nas_lightning.methods import SPOS
 from nas_lightning.projection import (
     LayerInputRecorder,
     LayerLayout,
+    OrthogonalProjector,
     alpha_at,
     closed_form,
     conv_patches,
+    fold_features,
+    gradient_matrix,
     layer_features,
     project_gradient,
+    project_gradients,
     project_layer_gradient,
     rank_one_update,
+    select_layers,
     woodbury_update,
 )
 from nas_lightning.spaces import NB201Space
+from nas_lightning.utils.distributed import step_generator
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_projection.py"
 
 
 def tiny_space() -> NB201Space:
     return NB201Space(C=4, N=1, num_classes=5, in_channels=1, input_size=8)
+
+
+def classifier(net: nn.Module) -> tuple[str, nn.Linear]:
+    """The supernet's classifier, its one Linear layer, and its module name."""
+    (found,) = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return found
 
 
 # --- the math ---------------------------------------------------------------------------------------
@@ -231,8 +239,8 @@ def test_linear_layers_can_have_their_own_alpha() -> None:
     torch.testing.assert_close(P["conv"], closed_form(X_conv.double(), 0.5).float(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(P["fc"], closed_form(X_fc.double(), 3.0).float(), rtol=1e-4, atol=1e-5)
     cb = ProjectionMatrixUpdate(alpha=1e-3, alpha_linear=0.1, alpha_decay=True)
-    cb._total_steps = 100.0
-    assert cb._alphas(50) == pytest.approx((1e-3 ** 0.5, 0.1 ** 0.5))
+    cb.projector.set_training_length(100)
+    assert cb.projector.alphas(cb.projector.progress(50)) == pytest.approx((1e-3 ** 0.5, 0.1 ** 0.5))
     with pytest.raises(ValueError, match="alpha"):
         ProjectionMatrixUpdate(alpha_linear=0.0)
 
@@ -279,7 +287,7 @@ def test_unselected_gradients_are_left_alone_and_selected_ones_projected() -> No
     arch = space.decode("|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
     F.cross_entropy(net(torch.randn(4, 1, 8, 8), arch), torch.tensor([0, 1, 2, 3])).backward()
     before = {n: (m.weight.grad.clone() if m.weight.grad is not None else None) for n, m in layers.items()}
-    frozen = "classifier"  # pretend another optimiser owns it
+    frozen, _ = classifier(net)  # pretend another optimiser owns it
     params = {id(p) for n, p in net.named_parameters() if not n.startswith(frozen)}
     done = project_gradients(layers, layouts, P, params)
     selected = [n for n, g in before.items() if g is not None and n != frozen]
@@ -303,6 +311,183 @@ def test_bad_arguments_are_clear_errors() -> None:
         ProjectionMatrixUpdate(every_n_steps=0)
     with pytest.raises(ValueError, match="alpha0 < 1"):
         ProjectionMatrixUpdate(alpha=1.5, alpha_decay=True)
+
+
+# --- the projector, without a Trainer ---------------------------------------------------------------
+class TinyNet(nn.Module):
+    """A conv (with bias) and a Linear classifier: the two layer kinds the projector reads as matrices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, bias=True)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _expected_features(net: TinyNet, x: torch.Tensor, max_patches: int,
+                       gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Eq. 7's rows for one step, built by hand: the conv's patches of the batch-mean input (a seeded
+    subsample drawn as the projector draws it) and the fc's batch-mean input, each with the bias's 1."""
+    mean = x.mean(0)
+    patches = F.unfold(mean[None], 3)[0].T  # (16 positions, 2*3*3)
+    patches = patches[torch.randperm(patches.shape[0], generator=gen)[:max_patches]]
+    with torch.no_grad():
+        fc_in = torch.relu(net.conv(x)).flatten(1).mean(0)
+    return {"conv": torch.cat([patches, torch.ones(max_patches, 1)], 1),
+            "fc": torch.cat([fc_in, torch.ones(1)])[None]}
+
+
+def test_projector_steps_give_eq_7_and_project_with_the_previous_P() -> None:
+    """Three steps of begin / forward+backward / project / SGD / end: each gradient [G_w | G_b] is
+    projected with eq. 7's P over the features of the steps before it (eq. 6), and after step t P equals
+    eq. 7 over the features of steps s <= t (conv: patches; Linear: the mean input; both with the bias's 1).
+    The conv uses ``alpha``, the Linear ``alpha_linear``."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    alpha, alpha_linear, max_patches, seed = 0.05, 0.5, 6, 2
+    projector = OrthogonalProjector(alpha=alpha, alpha_linear=alpha_linear, max_patches=max_patches, seed=seed)
+    projector.attach(net)
+    assert set(projector.modules) == {"conv", "fc"}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    seen: dict[str, list[torch.Tensor]] = {"conv": [], "fc": []}
+    for t in range(3):
+        x, y = torch.randn(5, 2, 6, 6), torch.randint(0, 4, (5,))
+        # The rows this step will fold, from the weights the step starts from (the fc's input changes after it).
+        rows = _expected_features(net, x, max_patches, step_generator(seed, "owm-patches", t))
+        opt.zero_grad(set_to_none=True)
+        projector.begin_step(t)
+        F.cross_entropy(net(x), y).backward()
+        raw = {n: gradient_matrix(m, projector.layouts[n]).clone() for n, m in projector.modules.items()}
+        assert projector.project(t, opt)
+        for name, a in (("conv", alpha), ("fc", alpha_linear)):
+            P_before = closed_form(torch.cat(seen[name]).double(), a) if seen[name] else torch.eye(raw[name].shape[1])
+            got = gradient_matrix(projector.modules[name], projector.layouts[name])
+            torch.testing.assert_close(got.double(), raw[name].double() @ P_before.double(), rtol=1e-4, atol=1e-6)
+        opt.step()
+        assert projector.end_step()
+        for name, a in (("conv", alpha), ("fc", alpha_linear)):
+            seen[name].append(rows[name])
+            expected = closed_form(torch.cat(seen[name]).double(), a)
+            torch.testing.assert_close(projector.P[name].double(), expected, rtol=1e-4, atol=1e-5, msg=f"{name} {t}")
+            assert projector.P[name].dtype == torch.float32
+    assert projector.updates == 3
+    projector.detach()
+    net(torch.randn(1, 2, 6, 6)).sum().backward()  # hooks gone: nothing recorded, nothing to fold
+    assert not projector.end_step() and projector.updates == 3
+
+
+def test_projector_folds_every_n_steps_and_only_after_its_optimiser_steps() -> None:
+    torch.manual_seed(1)
+    net = TinyNet()
+    projector = OrthogonalProjector(alpha=0.1, every_n_steps=2, layers="linear")
+    projector.attach(net)
+    assert set(projector.modules) == {"fc"}
+    x = torch.randn(4, 2, 6, 6)
+    history = []
+    for t in range(4):
+        projector.begin_step(t)
+        net(x).sum().backward()
+        assert not projector.end_step()  # before project: an accumulating micro-batch, nothing folded
+        assert projector.project(t)
+        assert projector.end_step() == (t % 2 == 0)
+        history.append(projector.P["fc"].clone())
+        net.zero_grad(set_to_none=True)
+    assert projector.updates == 2
+    assert torch.equal(history[1], history[0]) and not torch.equal(history[2], history[1])
+    # An optimiser that steps none of the projected weights (a controller's) is skipped: no projection, no fold.
+    other = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    projector.begin_step(4)
+    net(x).sum().backward()
+    before = net.fc.weight.grad.clone()
+    assert not projector.project(4, other)
+    assert torch.equal(net.fc.weight.grad, before) and not projector.end_step()
+
+
+def test_projector_sums_inputs_with_reduce() -> None:
+    """``reduce`` sums the input sums and the counts (here: two ranks with the same inputs, i.e. doubled),
+    so the mean, and P, equal one process's; it is called once per fold."""
+    calls = []
+
+    def twice(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.numel())
+        return 2 * t
+
+    Ps = []
+    for reduce in (None, twice):
+        torch.manual_seed(2)
+        net = TinyNet()
+        projector = OrthogonalProjector(alpha=0.1, max_patches=4)
+        projector.attach(net)
+        projector.begin_step(0)
+        net(torch.randn(3, 2, 6, 6)).sum().backward()
+        projector.project(0)
+        assert projector.end_step(reduce)
+        Ps.append(projector.P)
+    assert len(calls) == 1
+    for name in Ps[0]:
+        torch.testing.assert_close(Ps[1][name], Ps[0][name])
+
+
+def test_projector_state_dict_round_trip_continues_identically() -> None:
+    torch.manual_seed(3)
+    net = TinyNet()
+    first = OrthogonalProjector(alpha=1e-2, alpha_decay=True, max_patches=4, seed=5)
+    first.attach(net)
+    first.set_training_length(4)
+    x = torch.randn(4, 2, 6, 6)
+
+    def step(projector: OrthogonalProjector, t: int) -> None:
+        net.zero_grad(set_to_none=True)
+        projector.begin_step(t)
+        net(x).sum().backward()
+        projector.project(t)
+        projector.end_step()
+
+    for t in range(2):
+        step(first, t)
+    state = first.state_dict()
+    assert set(state) == {"P", "updates"} and state["updates"] == 2 and set(state["P"]) == {"conv", "fc"}
+    second = OrthogonalProjector(alpha=1e-2, alpha_decay=True, max_patches=4, seed=5)
+    second.load_state_dict({"P": {n: p.double().clone() for n, p in state["P"].items()}, "updates": 2})
+    assert all(p.dtype == torch.float32 and torch.equal(p, state["P"][n]) for n, p in second.P.items())
+    first.detach()
+    second.attach(net)
+    second.set_training_length(4)
+    step(second, 2)
+    first.attach(net)
+    step(first, 2)
+    assert first.updates == second.updates == 3
+    for name in first.P:
+        assert torch.equal(first.P[name], second.P[name]), name
+    with pytest.raises(ValueError, match="finite training length"):
+        first.set_training_length(float("inf"))
+
+
+def test_projected_steps_copy_P_at_the_runs_alphas() -> None:
+    torch.manual_seed(4)
+    net = TinyNet()
+    projector = OrthogonalProjector(alpha=1e-4, alpha_linear=1e-2, alpha_decay=True, max_patches=4)
+    projector.attach(net)
+    projector.set_training_length(10)
+    projector.begin_step(0)
+    net(torch.randn(2, 2, 6, 6)).sum().backward()
+    projector.project(0)
+    projector.end_step()
+    rule = projector.projected_steps(copy.deepcopy(net), projector.progress(5))
+    assert rule.alpha == pytest.approx(1e-2) and rule.projector.alpha_linear == pytest.approx(1e-1)
+    assert set(rule.P) == set(projector.P)
+    assert all(torch.equal(rule.P[n], p) and rule.P[n] is not p for n, p in projector.P.items())
+    snapshot = {n: p.clone() for n, p in projector.P.items()}
+    rule.begin_step()
+    rule.projector.modules["fc"](torch.randn(3, 48)).sum().backward()
+    rule.before_optimizer_step()
+    rule.end_step()
+    rule.close()
+    assert not torch.equal(rule.P["fc"], snapshot["fc"]) and torch.equal(rule.P["conv"], snapshot["conv"])
+    assert all(torch.equal(projector.P[n], p) for n, p in snapshot.items())
 
 
 # --- the callback under Lightning -------------------------------------------------------------------
@@ -331,11 +516,11 @@ class ClassifierInputs(pl.Callback):
         self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.handle = pl_module.supernet.classifier.register_forward_pre_hook(
+        self.handle = classifier(pl_module.supernet)[1].register_forward_pre_hook(
             lambda m, args: self.means.append(args[0].detach().mean(0)))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        c = pl_module.supernet.classifier  # after the projection callback (listed first) ran
+        c = classifier(pl_module.supernet)[1]  # after the projection callback (listed first) ran
         self.grads.append((c.weight.grad.clone(), c.bias.grad.clone()))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -351,13 +536,14 @@ def test_fit_folds_each_steps_mean_input_after_its_step(tmp_path: Path) -> None:
     projection, spy = ProjectionMatrixUpdate(alpha=alpha, layers="linear"), ClassifierInputs()
     model = _model()
     raw: dict[str, list[torch.Tensor]] = {"weight": [], "bias": []}
-    for name, p in model.supernet.classifier.named_parameters():  # autograd's gradient, before any hook
+    head, head_module = classifier(model.supernet)
+    for name, p in head_module.named_parameters():  # autograd's gradient, before any hook
         p.register_hook(lambda g, name=name: raw[name].append(g.clone()))
     _trainer(tmp_path, [projection, spy], max_steps=3).fit(model, DataLoader(_batches(3), batch_size=None))
-    assert list(projection.P) == ["classifier"] and projection.updates == 3
+    assert list(projection.P) == [head] and projection.updates == 3
     A = torch.stack([torch.cat([m, torch.ones(1)]) for m in spy.means]).double()
-    torch.testing.assert_close(projection.P["classifier"].double(), closed_form(A, alpha), rtol=1e-4, atol=1e-5)
-    assert projection.P["classifier"].dtype == torch.float32
+    torch.testing.assert_close(projection.P[head].double(), closed_form(A, alpha), rtol=1e-4, atol=1e-5)
+    assert projection.P[head].dtype == torch.float32
     for t in range(3):
         P_before = closed_form(A[:t], alpha) if t else torch.eye(17, dtype=torch.float64)
         expected = torch.cat([raw["weight"][t], raw["bias"][t][:, None]], 1).double() @ P_before
@@ -378,7 +564,7 @@ def test_bf16_mixed_keeps_P_in_fp32(tmp_path: Path) -> None:
     assert all(torch.isfinite(P).all() and torch.equal(P, P.mT) for P in projection.P.values())
     # A conv fed by a 'none' node sees zeros and keeps P = I; the stem and classifier never do.
     moved = {n for n, P in projection.P.items() if not torch.allclose(P, eye[n])}
-    assert {"stem.0", "classifier"} <= moved and len(moved) > len(projection.P) // 2
+    assert {"stem.0", classifier(model.supernet)[0]} <= moved and len(moved) > len(projection.P) // 2
 
 
 class Crash(pl.Callback):

@@ -1,4 +1,5 @@
-"""RankingEvaluation during fit: when it runs, what it writes, and how it refuses bad ground truth."""
+"""RankingEvaluation during fit: when it runs, what it writes, and how it refuses bad ground truth; and the
+library it hands off to (``RankingEvaluator``, ``read_arch_file``) without a Trainer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from scipy import stats
 from callbacks import RankingEvaluation
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.methods import SPOS
+from nas_lightning.metrics.ranking_report import (
+    RankingEvaluator,
+    evaluation_due,
+    format_report,
+    logged_metrics,
+    select_archs,
+)
 from nas_lightning.spaces import ChainSpace
+from nas_lightning.utils.arch_file import read_arch_file
 
 
 def space() -> ChainSpace:
@@ -83,3 +92,77 @@ def test_archs_file_restricts_the_ranking_and_must_be_covered(tmp_path: Path) ->
     uncovered.write_text("\n".join(str(a) for a in archs[6:]) + "\n")
     with pytest.raises(ValueError, match="covers none"):
         fit(tmp_path, RankingEvaluation(str(gt_path), archs_file=str(uncovered)), epochs=1)
+
+
+# --- the library, without a Trainer ---------------------------------------------------------------------
+
+
+def test_evaluator_reports_against_scipy_and_writes_its_files(tmp_path: Path) -> None:
+    sp = space()
+    archs = list(sp.enumerate())
+    gt_path = tmp_path / "gt.json"
+    seeds = {str(a): [50.0 + (7 * i) % 9, 50.0 + (4 * i) % 9] for i, a in enumerate(archs)}
+    gt_path.write_text(json.dumps(seeds))
+    evaluator = RankingEvaluator(str(gt_path), max_archs=6, seed=1, k=(1, 3))
+    chosen = evaluator.prepare(sp)
+    assert len(chosen) == 6 and chosen == [a for a in archs if a in chosen], "a subset, in the GT's order"
+    assert evaluator.prepare(sp) is chosen, "prepared once"
+    assert chosen == select_archs(evaluator.gt, archs, 6, 1, "gt") != select_archs(evaluator.gt, archs, 6, 2, "gt")
+
+    inherited = [float(v) for v in torch.randperm(6, generator=torch.Generator().manual_seed(0))]
+    summary, rows = evaluator.report(sp, inherited, epoch=4, stage="validate")
+    gt = [sum(seeds[str(a)]) / 2 for a in chosen]
+    assert summary["supernet"]["kendall_tau"] == pytest.approx(stats.kendalltau(inherited, gt).statistic, abs=1e-6)
+    assert summary["supernet"]["spearman"] == pytest.approx(stats.spearmanr(inherited, gt).statistic, abs=1e-6)
+    params = [sp.params(a) for a in chosen]
+    assert summary["proxies"]["params"]["kendall_tau"] == pytest.approx(stats.kendalltau(params, gt).statistic,
+                                                                        abs=1e-6)
+    per_seed = [seeds[str(a)] for a in chosen]
+    assert summary["gt_seed_to_seed_tau"] == pytest.approx(stats.kendalltau(*zip(*per_seed)).statistic, abs=1e-6)
+    assert (summary["epoch"], summary["stage"], summary["num_archs"]) == (4, "validate", 6)
+    assert evaluator.last_summary is summary
+    assert [r["inherited_accuracy"] for r in rows] == sorted(inherited, reverse=True)
+    assert {r["arch"]: r["gt_accuracy"] for r in rows} == {str(a): g for a, g in zip(chosen, gt)}
+
+    logged = logged_metrics(summary)
+    assert logged["rank/kendall_tau"] == summary["supernet"]["kendall_tau"]
+    assert logged["rank/flops_kendall_tau"] == summary["proxies"]["flops"]["kendall_tau"]
+    assert logged["rank/gt_seed_to_seed_tau"] == summary["gt_seed_to_seed_tau"]
+    assert "ranking over 6 archs" in format_report(summary)
+
+    csv_path, json_path = evaluator.write(tmp_path / "out", "validate_epoch4", summary, rows)
+    assert [r["arch"] for r in csv.DictReader(csv_path.open())] == [r["arch"] for r in rows]
+    assert json.loads(json_path.read_text())["supernet"]["kendall_tau"] == pytest.approx(
+        summary["supernet"]["kendall_tau"])
+    with pytest.raises(ValueError, match="one accuracy per arch"):
+        evaluator.report(sp, inherited[:-1])
+    with pytest.raises(ValueError, match="max_archs"):
+        RankingEvaluator(str(gt_path), max_archs=1)
+
+
+def test_evaluation_due_during_fit_every_n_and_at_the_last_epoch() -> None:
+    assert [evaluation_due(True, e, 5, 2) for e in range(5)] == [False, True, False, True, True]
+    assert [evaluation_due(True, e, 3, 0) for e in range(3)] == [False, False, True]
+    assert not evaluation_due(True, 7, -1, 0) and not evaluation_due(True, 7, None, 3)
+    assert evaluation_due(False, 0, 5, 0), "validate always ranks"
+
+
+def test_read_arch_file_reads_lines_csv_and_json(tmp_path: Path) -> None:
+    sp = space()
+    archs = list(sp.enumerate())[:3]
+    text = tmp_path / "archs.txt"
+    text.write_text("# chosen archs\n" + "\n".join(str(a) for a in archs) + "\n\n")
+    table = tmp_path / "archs.csv"
+    table.write_text("arch,score\n" + "".join(f"{a},{i}\n" for i, a in enumerate(archs)))
+    top = tmp_path / "top.json"
+    top.write_text(json.dumps([{"arch": str(a), "score": 1.0} for a in archs]))
+    listed = tmp_path / "pool.json"
+    listed.write_text(json.dumps({"archs": [str(a) for a in archs]}))
+    for path in (text, table, top, listed):
+        assert read_arch_file(path, sp) == archs, path.name
+    bad = tmp_path / "bad.txt"
+    bad.write_text(f"{archs[0]}\n|nor_conv_1x1|conv_9x9|\n")
+    with pytest.raises(ValueError, match=r"bad\.txt, entry 1: .*conv_9x9"):
+        read_arch_file(bad, sp)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_arch_file(tmp_path / "missing.txt", sp)

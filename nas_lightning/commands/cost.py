@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
-from pathlib import Path
-
 from jsonargparse import auto_cli
 
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.utils.arch_file import read_arch_file
 from nas_lightning.utils.atomic import atomic_write_csv, atomic_write_json
 
-
-def read_arch_file(path: str | Path, space: SearchSpace) -> list[Arch]:
-    """Arch strings from a text file (one per line), a CSV with an ``arch`` column, or a JSON list
-    (of strings, or of objects with an ``arch`` key, such as the search's top-arch export)."""
-    import json
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"arch file {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".json":
-        items = json.loads(text)
-        items = items.get("archs", items) if isinstance(items, dict) else items
-        strings = [item["arch"] if isinstance(item, dict) else item for item in items]
-    elif path.suffix == ".csv":
-        strings = [row["arch"] for row in csv.DictReader(io.StringIO(text))]
-    else:
-        strings = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    archs = []
-    for i, s in enumerate(strings):
-        try:
-            archs.append(space.decode(s))
-        except ValueError as e:
-            raise ValueError(f"{path}, entry {i}: {e}") from None
-    return archs
+# ``read_arch_file`` lives in the library (nas_lightning.utils.arch_file); the name stays importable here.
+__all__ = ["cost", "cost_main", "cost_table", "read_arch_file"]
 
 
 def cost_table(space: SearchSpace, archs: list[Arch]) -> list[dict[str, object]]:

@@ -19,17 +19,18 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from jsonargparse import auto_cli
+from jsonargparse import ActionConfigFile, ArgumentParser
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from tqdm.auto import tqdm
 
-from nas_lightning.commands.cost import read_arch_file
+from nas_lightning.cli import link_data_to_space, refuse_shape_conflicts, written_space_shape
 from nas_lightning.data.base import SplitDataModule
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.metrics.ground_truth import GroundTruth, save_ground_truth
 from nas_lightning.metrics.ranking import cost_proxy_metrics
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.utils.arch_file import read_arch_file
 from nas_lightning.utils.distributed import step_generator
 
 
@@ -91,7 +92,7 @@ def _train_runs(space: SearchSpace, data: SplitDataModule, todo: list[tuple[Arch
                 progress: bool) -> None:
     for arch, seed in tqdm(todo, desc="stand-alone runs", disable=not progress):
         pl.seed_everything(seed, verbose=False)
-        model = StandaloneModule(space, str(arch), optimizer, lr_scheduler)
+        model = StandaloneModule(space, str(arch), optimizer=optimizer, lr_scheduler=lr_scheduler)
         trainer = pl.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=1, precision=precision,
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
@@ -171,4 +172,14 @@ def ground_truth_report(gt: GroundTruth, space: SearchSpace) -> str:
 
 
 def ground_truth_main(argv: list[str]) -> None:
-    auto_cli(ground_truth, args=argv, as_positional=False)
+    """``nas-lightning ground-truth``: the arguments of ``ground_truth``, the space's classes and image
+    shape linked from the data module as in ``fit``."""
+    parser = ArgumentParser(prog="nas-lightning ground-truth", description=ground_truth.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(ground_truth, as_group=False)
+    link_data_to_space(parser, "data", "space")
+    config = parser.parse_args(argv)
+    written = written_space_shape(config.get("space"))
+    init = parser.instantiate(config)
+    refuse_shape_conflicts(written, init.data, "space.init_args")
+    ground_truth(**{k: v for k, v in vars(init).items() if k != "config"})

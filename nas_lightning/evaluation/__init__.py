@@ -1,5 +1,29 @@
 """Evaluation of archs with inherited weights."""
 
-from nas_lightning.evaluation.inherited import EvalTotals, evaluate_archs, preserved_state, recalibrate_bn
+from nas_lightning.evaluation.inherited import (
+    Batch,
+    EvalTotals,
+    Reduce,
+    Unit,
+    assign_archs,
+    default_batches_per_forward,
+    evaluate_archs,
+    evaluate_units,
+    preserved_state,
+    recalibrate_bn,
+    use_batch_statistics,
+)
 
-__all__ = ["EvalTotals", "evaluate_archs", "preserved_state", "recalibrate_bn"]
+__all__ = [
+    "Batch",
+    "EvalTotals",
+    "Reduce",
+    "Unit",
+    "assign_archs",
+    "default_batches_per_forward",
+    "evaluate_archs",
+    "evaluate_units",
+    "preserved_state",
+    "recalibrate_bn",
+    "use_batch_statistics",
+]

@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
 
 from nas_lightning.spaces.base import SearchSpace
 
@@ -35,9 +36,11 @@ class NASModule(pl.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.label_smoothing = label_smoothing
 
+    @override
     def setup(self, stage: str) -> None:
         check_space_matches_data(self.space, getattr(self.trainer, "datamodule", None))
 
+    @override
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:

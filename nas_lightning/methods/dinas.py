@@ -1,100 +1,85 @@
 """DI-NAS: disturbance-immune weight sharing (Niu et al., "Disturbance-immune Weight Sharing for
 Neural Architecture Search", arXiv:2003.13089).
 
-Algorithm 1 of the paper, as this module and its two callbacks run it:
+Algorithm 1 of the paper, as this method and its two callbacks run it:
 1. Supernet training (eq. 2): at each step the arch a ~ pi(theta) (uniform during the warm-up
-   epochs) is trained on one batch, ``training_step`` of ``SupernetModule``.
-2. Disturbance-immune update (eq. 6): each shared weight's gradient is projected, W <- W - lr * G P,
-   and after the step P folds in the arch's input features (eqs. 7-8, recursive Woodbury form):
-   ``callbacks.ProjectionMatrixUpdate``. ``projection=False`` drops it (the plain-WS ablation).
-3. Controller learning (eq. 1): after each epoch from ``start_epoch`` on, REINFORCE on the
-   inherited-weight accuracy of sampled archs on one validation batch: ``callbacks.ControllerStep``
-   and ``nas_lightning.samplers.controller``.
-SPEC.md ("DI-NAS equations") fixes the values the paper text lost; each is an argument here.
+   epochs) is trained on one batch: ``SupernetModule.training_step`` with a ``ControllerSampler``.
+2. Disturbance-immune update (eqs. 6-8): each shared weight's update is projected with its P, and
+   after the step P folds in the arch's input features: the ``callbacks.ProjectionMatrixUpdate``
+   callback over ``nas_lightning.projection``. ``projection=False`` is the plain-WS ablation.
+3. Controller learning (eq. 1): after each epoch from the callback ``callbacks.ControllerStep``'s
+   ``start_epoch`` on, ``update_controller`` takes REINFORCE steps on the inherited-weight accuracy of
+   sampled archs, one supernet-val batch each.
+The values the paper lost are fixed in docs/design_choices.md, "DI-NAS"; each is an argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
 
-from nas_lightning.methods.supernet_module import SupernetModule
-from nas_lightning.samplers.controller import ControllerSampler
+from nas_lightning.data.batch_source import Batch
+from nas_lightning.methods.supernet_module import SupernetModule, require_callbacks
+from nas_lightning.samplers.controller import ControllerSampler, controller_updates
+from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.utils.distributed import step_generator
+
+_CONFIG = "configs/dinas/nb201_fashion_mnist.yaml"
 
 
 class DINAS(SupernetModule):
-    """The supernet trained on the archs an ENAS-style controller samples, with projected gradients.
-
-    ``configure_callbacks`` returns the ``ControllerStep`` and (with ``projection``) the
-    ``ProjectionMatrixUpdate`` built from these arguments, so a config cannot forget them. The
-    search state (controller, its Adam state, baseline, counters) lives in the ``ControllerSampler``
-    and is checkpointed with the model; the projection matrices are checkpointed by their callback.
+    """The supernet trained on the archs an ENAS-style controller samples, with projected updates.
 
     Args:
-        seed: seeds the warm-up archs, the controller's initial weights, its samples and its batches.
-        start_epoch: warm-up epochs of uniform sampling before the controller takes over (paper: 90).
-        controller_steps_per_epoch: controller updates after each supernet epoch.
-        archs_per_step: archs rewarded per controller update.
-        controller_hidden: LSTM hidden size (SPEC.md: 64).
-        controller_lr, controller_weight_decay: its Adam (SPEC.md: lr 3.5e-4).
-        controller_temperature, controller_tanh_constant: ENAS's logit shaping (None: off).
-        entropy_weight: entropy bonus of the controller loss (SPEC.md: 1e-4).
-        baseline_decay: moving-average reward baseline decay (SPEC.md: 0.95).
-        export_top, output_dir: the controller's top archs written at the end of fit.
-        projection: project the gradients (eq. 6); False gives plain weight sharing (ablation).
-        alpha, alpha_decay, alpha_linear, projection_every_n_steps, projection_layers, max_patches: forwarded
-            to ``ProjectionMatrixUpdate`` (alpha, alpha_decay, alpha_linear, every_n_steps, layers, max_patches).
-        Others: see ``SupernetModule``.
+        sampler: ``(space, seed) -> ControllerSampler`` (hidden size, Adam, entropy weight, baseline
+            decay); its state is the search state, checkpointed with the model.
+        projection: project the updates (eq. 6) with ``callbacks.ProjectionMatrixUpdate``, which must
+            then be in the trainer's callbacks; False gives plain weight sharing (the ablation): the
+            callback, if listed, says so and leaves the gradients alone.
+        kwargs: see ``SupernetModule``; ``seed`` also seeds the controller's reward batches.
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, start_epoch: int = 90, controller_steps_per_epoch: int = 50,
-                 archs_per_step: int = 1, controller_hidden: int = 64, controller_lr: float = 3.5e-4,
-                 controller_weight_decay: float = 0.0, controller_temperature: float | None = None,
-                 controller_tanh_constant: float | None = None, entropy_weight: float = 1e-4,
-                 baseline_decay: float = 0.95, export_top: int = 10, output_dir: str | None = None,
-                 projection: bool = True, alpha: float = 1e-3, alpha_decay: bool = False,
-                 alpha_linear: float | None = None,
-                 projection_every_n_steps: int = 1, projection_layers: Literal["all", "conv", "linear"] = "all",
-                 max_patches: int = 16, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0, eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16,
-                 eval_seed: int = 0, bn_recalibration: int = 0) -> None:
-        sampler = ControllerSampler(space, seed=seed, hidden_size=controller_hidden, lr=controller_lr,
-                                    weight_decay=controller_weight_decay, temperature=controller_temperature,
-                                    tanh_constant=controller_tanh_constant)
-        super().__init__(space, sampler, optimizer, lr_scheduler, scheduler_interval, label_smoothing, eval_archs,
-                         num_eval_archs, eval_seed, bn_recalibration)
-        self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler"])
-        # Built here, not in configure_callbacks, so a bad value fails when the config is read.
-        self._callbacks = self._build_callbacks()
-
-    def _build_callbacks(self) -> list[pl.Callback]:
-        # Imported here: the callbacks import the methods package, so a top-level import would cycle.
-        from callbacks.controller_step import ControllerStep
-
-        h = self.hparams
-        built: list[pl.Callback] = [ControllerStep(
-            start_epoch=h.start_epoch, steps_per_epoch=h.controller_steps_per_epoch, archs_per_step=h.archs_per_step,
-            entropy_weight=h.entropy_weight, baseline_decay=h.baseline_decay, export_top=h.export_top,
-            output_dir=h.output_dir,
-        )]
-        if h.projection:
-            from callbacks.projection_matrix_update import ProjectionMatrixUpdate
-
-            built.append(ProjectionMatrixUpdate(alpha=h.alpha, alpha_decay=h.alpha_decay, alpha_linear=h.alpha_linear,
-                                                every_n_steps=h.projection_every_n_steps,
-                                                layers=h.projection_layers, max_patches=h.max_patches, seed=h.seed))
-        return built
-
-    def configure_callbacks(self) -> list[pl.Callback]:
-        return self._callbacks
+    def __init__(self, space: SearchSpace,
+                 sampler: Callable[[SearchSpace, int], ControllerSampler] = ControllerSampler,
+                 projection: bool = True, **kwargs: Any) -> None:
+        super().__init__(space, sampler=sampler, **kwargs)
+        if not isinstance(self.sampler, ControllerSampler):
+            raise TypeError(f"DINAS needs a ControllerSampler, got {type(self.sampler).__name__}")
+        self.projection = projection
 
     @property
-    def controller_sampler(self) -> ControllerSampler:
+    def controller(self) -> ControllerSampler:
         assert isinstance(self.sampler, ControllerSampler)
         return self.sampler
+
+    @override
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit":
+            return
+        require_callbacks(self.trainer, "DINAS", ["ControllerStep"] + ["ProjectionMatrixUpdate"] * self.projection,
+                          _CONFIG)
+
+    def update_controller(self, epoch: int, num_updates: int, archs_per_step: int) -> list[dict[str, float]]:
+        """Algorithm 1, controller learning after supernet epoch ``epoch``: ``num_updates`` REINFORCE steps
+        (eq. 1), each on a supernet-val batch drawn from ``(seed, "controller_batches", epoch)``, the same
+        on every rank."""
+        batches = self.batches.seeded_val(num_updates, step_generator(self.seed, "controller_batches", epoch))
+        stats = controller_updates(self.controller, batches, self.reward, archs_per_step)
+        self.controller.finish_epoch(epoch)
+        return stats
+
+    def reward(self, archs: list[Arch], batch: Batch) -> torch.Tensor:
+        """R(a, w_a) of eq. 1: inherited-weight accuracy (a fraction) on ``batch``. Each rank evaluates its
+        slice of the batch and the totals are summed, so every rank gets the same rewards."""
+        x, y = batch
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        if len(y) < world:
+            raise ValueError(f"a supernet-val batch of {len(y)} cannot be split over {world} ranks; "
+                             "raise data.eval_batch_size")
+        shard = (x[rank::world].to(self.device), y[rank::world].to(self.device))
+        return self.evaluate(archs, batches=[shard]).accuracy.cpu() / 100.0

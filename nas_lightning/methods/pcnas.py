@@ -1,80 +1,92 @@
 """PC-NAS: Posterior-Convergent NAS (Li et al., "Improving One-Shot NAS by Suppressing the Posterior
 Fading", CVPR 2020, arXiv:1910.02543).
 
-The shared weights of a one-shot supernet drift from each arch's own posterior as more archs share
-them (posterior fading, eqs. 8-10: the KL divergence is a sum of one cross-entropy term per other
-arch). PC-NAS shrinks the space progressively so fewer archs share the weights (section 3.3):
-
-- Warm-up (Algorithm 2): T_w epochs of uniform single-path training, as SPOS (eq. 5 of arXiv:1904.00420).
-- Then one interval of T_i epochs per decision l: the P partial models of the pool are extended by
-  every choice of decision l, each candidate's potential (eq. 11) is the mean one-batch validation
-  accuracy of S random completions within the hard latency limit (Algorithm 1), and the top P form
-  the new pool (Algorithm 2). Training samples a pool member uniformly and completes it uniformly.
-- Output: the final pool, best first (``<output_dir>/final_pool.json``).
-
-Defaults are the paper's (section 4.1): P=5, S=900, T_w=100, T_i=5. The sampler (``PoolSampler``)
-holds the pool and its history, checkpointed under "nas_sampler"; the shrinking runs in the
-``callbacks.PoolShrinking`` callback that ``configure_callbacks`` adds, so a config cannot forget it.
+Shared weights drift from each arch's own posterior as more archs share them (posterior fading, eqs.
+8-10), so PC-NAS shrinks the space progressively (section 3.3, Algorithm 2): after T_w uniform warm-up
+epochs, every T_i epochs ``shrink_pool`` extends the P partial models by every choice of the next
+decision, scores each candidate by its potential (eq. 11: mean one-batch validation accuracy of S
+completions within the hard latency limit, Algorithm 1) and keeps the top P. Training samples a pool
+member and completes it (``PoolSampler``); the output is the final pool, best first (``final_pool``).
+The schedule and the files belong to the ``callbacks.PoolShrinking`` callback. Defaults are the paper's
+(section 4.1); docs/design_choices.md, "PC-NAS", lists the choices the paper leaves open.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import Any
 
-import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from typing_extensions import override
 
-from callbacks.pool_shrinking import PoolShrinking
-from nas_lightning.latency.base import LatencyModel
-from nas_lightning.latency.table import LatencyTable
-from nas_lightning.methods.supernet_module import SupernetModule
-from nas_lightning.samplers.pool import PartialModelPool, PoolSampler
+from nas_lightning.methods.supernet_module import SupernetModule, require_callbacks
+from nas_lightning.samplers.pool import PartialModelPool, PoolSampler, Prefix
+from nas_lightning.search.pool_shrink import best_completions, final_pool_rows, next_pool, shrink_record
+from nas_lightning.search.potential import PotentialResult, potentials
 from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.utils.distributed import reduce_sum, step_generator
 
 
 class PCNAS(SupernetModule):
     """PC-NAS (arXiv:1910.02543, Algorithms 1 and 2): a supernet trained from a shrinking pool.
 
     Args:
-        seed: seed of the training archs (``PoolSampler``) and of the potential completions.
+        sampler: ``(space, seed) -> PoolSampler``; its ``max_latency`` and ``latency_model`` (or
+            ``latency_table``) set the hard latency limit of training and of the potentials.
         pool_size: P, partial models kept per shrink.
         num_completions: S, completions per candidate potential (Algorithm 1).
-        warmup_epochs: T_w, uniform epochs before the first shrink.
-        interval_epochs: T_i, epochs between shrinks. A full search takes T_w + L * T_i epochs
-            (L = decisions of the space); the last T_i train the final pool.
-        max_latency: hard limit ``latency_model(arch) <= max_latency`` on every trained and evaluated
-            completion (section 3.3); None for none.
-        latency_model: default ``FlopsProxy(space)`` (MFLOPs).
-        latency_table: a latency lookup table file (``nas-lightning measure-latency``) to use as the latency
-            model (ms), instead of ``latency_model``; read as it is, so every rank has the same numbers.
-        num_val_batches: supernet-val batches that score the completions (see ``PoolShrinking``).
-        output_dir: where the pool history CSV and the final pool JSON go.
-        Others: see ``SupernetModule``.
+        num_val_batches: the first this many supernet-val batches score the completions; completion j
+            of a candidate uses batch ``j mod num_val_batches``.
+        max_tries_factor: rejection sampling of S valid completions gives up after S times this many draws.
+        kwargs: see ``SupernetModule``; ``seed`` also seeds the completions of every shrink.
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0, eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16,
-                 eval_seed: int = 0, bn_recalibration: int = 0, pool_size: int = 5, num_completions: int = 900,
-                 warmup_epochs: int = 100, interval_epochs: int = 5, max_latency: float | None = None,
-                 latency_model: LatencyModel | None = None, latency_table: str | None = None,
-                 num_val_batches: int = 16, output_dir: str | None = None) -> None:
-        if latency_table is not None:
-            if latency_model is not None:
-                raise ValueError("give latency_model or latency_table, not both")
-            latency_model = LatencyTable.load(space, latency_table)
-        sampler = PoolSampler(space, seed, max_latency, latency_model)
-        super().__init__(space, sampler, optimizer, lr_scheduler, scheduler_interval, label_smoothing, eval_archs,
-                         num_eval_archs, eval_seed, bn_recalibration)
-        # Built (and its arguments validated) here, handed to the Trainer by configure_callbacks.
-        self.pool_shrinking = PoolShrinking(pool_size=pool_size, num_completions=num_completions,
-                                            warmup_epochs=warmup_epochs, interval_epochs=interval_epochs, seed=seed,
-                                            output_dir=output_dir, num_val_batches=num_val_batches)
-        self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler", "latency_model"])
+    def __init__(self, space: SearchSpace, sampler: Callable[[SearchSpace, int], PoolSampler] = PoolSampler,
+                 pool_size: int = 5, num_completions: int = 900, num_val_batches: int = 16,
+                 max_tries_factor: int = 10, **kwargs: Any) -> None:
+        for name, value in (("pool_size", pool_size), ("num_completions", num_completions),
+                            ("num_val_batches", num_val_batches), ("max_tries_factor", max_tries_factor)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"PCNAS {name} must be an int >= 1, got {value!r}")
+        super().__init__(space, sampler=sampler, **kwargs)
+        if not isinstance(self.sampler, PoolSampler):
+            raise TypeError(f"PCNAS needs a PoolSampler, got {type(self.sampler).__name__}")
+        self.pool_size, self.num_completions = pool_size, num_completions
+        self.num_val_batches, self.max_tries_factor = num_val_batches, max_tries_factor
+        self.last_result: PotentialResult | None = None  # the latest shrink's potentials, for inspection
 
     @property
     def pool(self) -> PartialModelPool:
         return self.sampler.pool
 
-    def configure_callbacks(self) -> list[PoolShrinking]:
-        return [self.pool_shrinking]
+    @override
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            require_callbacks(self.trainer, "PCNAS", ["PoolShrinking"], "configs/pcnas/chain_synthetic.yaml")
+
+    def shrink_pool(self, epoch: int) -> dict[str, Any]:
+        """Algorithm 2, one iteration: Extend, Potential (Algorithm 1), Top P; returns the shrink's record."""
+        kept, result = next_pool(self.pool.members, self.space,
+                                 lambda candidates: self.potentials(candidates, "potential"), self.pool_size)
+        record = shrink_record(self.pool, self.space, result, kept, epoch)
+        self.pool.advance(kept, record)
+        self.last_result = result
+        return record
+
+    def final_pool(self) -> list[dict[str, Any]]:
+        """The pool, best first, as full archs. Members still partial when training ended are completed
+        with their best of S valid completions, drawn from ``(seed, "final", shrinks done)``."""
+        completed = None
+        if self.pool.members and not self.pool.is_complete(self.space):
+            completed = best_completions(self.potentials(self.pool.members, "final"))
+        return final_pool_rows(self.pool, self.space, self.sampler.limit, completed)
+
+    def potentials(self, candidates: list[Prefix], stream: str) -> PotentialResult:
+        """Algorithm 1 for ``candidates``, split over the ranks by arch; identical on every rank."""
+        trainer = self.trainer
+        return potentials(
+            self.supernet, candidates, self.batches.fixed_val(self.num_val_batches), self.num_completions,
+            step_generator(self.seed, stream, len(self.pool.history)), self.sampler.limit,
+            rank=trainer.global_rank, world_size=trainer.world_size, reduce=lambda t: reduce_sum(t, trainer),
+            calibration=self.batches.calibration(), max_tries_factor=self.max_tries_factor,
+        )

@@ -2,15 +2,13 @@
 
 Supernet training (eq. 5): at each step one path a ~ Gamma(A), uniform over every decision, is
 trained on one batch: W <- W - lr * grad_W L(N(a, W)). The search that follows is the evolutionary
-search of ``nas_lightning.search.evolution``, run by the ``callbacks.EvolutionSearch`` callback.
+search of ``nas_lightning.search.evolution``, run by the ``callbacks.EvolutionSearch`` callback
+(docs/design_choices.md, "SPOS").
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from typing import Any
 
 from nas_lightning.methods.supernet_module import SupernetModule
 from nas_lightning.samplers.uniform import UniformSampler
@@ -21,14 +19,8 @@ class SPOS(SupernetModule):
     """SPOS: uniform single-path sampling, one arch per optimiser step, the same on every rank.
 
     Args:
-        seed: seed of the arch sequence (the arch of step t depends only on (seed, t)).
-        Others: see ``SupernetModule``.
+        kwargs: see ``SupernetModule`` (``seed`` seeds the arch sequence).
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0, eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16,
-                 eval_seed: int = 0, bn_recalibration: int = 0) -> None:
-        super().__init__(space, UniformSampler(space, seed), optimizer, lr_scheduler, scheduler_interval,
-                         label_smoothing, eval_archs, num_eval_archs, eval_seed, bn_recalibration)
-        self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler"])
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(space, sampler=UniformSampler, **kwargs)

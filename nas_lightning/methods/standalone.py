@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from nas_lightning.evaluation.inherited import Batch
 from nas_lightning.methods.base import NASModule
@@ -18,10 +20,9 @@ class StandaloneModule(NASModule):
     Logs ``train/loss``, ``train/acc``, ``val/acc`` (supernet-val split) and ``test/acc``.
     """
 
-    def __init__(self, space: SearchSpace, arch: str, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0) -> None:
-        super().__init__(space, optimizer, lr_scheduler, scheduler_interval, label_smoothing)
+    def __init__(self, space: SearchSpace, arch: str, **kwargs: Any) -> None:
+        """``kwargs``: see ``NASModule`` (optimizer, lr_scheduler, scheduler_interval, label_smoothing)."""
+        super().__init__(space, **kwargs)
         self.arch = space.decode(arch)
         self.network = space.build_network(self.arch)
         self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler"])
@@ -29,6 +30,7 @@ class StandaloneModule(NASModule):
             {f"{s}_acc": MulticlassAccuracy(space.num_classes, average="micro") for s in ("train", "val", "test")}
         )
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
@@ -42,11 +44,14 @@ class StandaloneModule(NASModule):
         self.log(f"{split}/acc", acc, prog_bar=True, on_step=split == "train", on_epoch=True)
         return loss
 
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "val")
 
+    @override
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, "test")

@@ -1,81 +1,98 @@
-"""The LightningModule shape of every one-shot method: a supernet plus an arch sampler."""
+"""The LightningModule shape of every one-shot method: a supernet plus an arch sampler.
+
+A method subclasses ``SupernetModule``, lists only its own arguments and passes the rest on with
+``**kwargs``; its sampler is a collaborator (``sampler: {class_path: ..., init_args: ...}`` in YAML),
+built here with the method's space and seed. Evaluation with inherited weights goes through
+``evaluate`` on batches from the one ``BatchSource`` (``self.batches``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from nas_lightning.evaluation.inherited import Batch, EvalTotals, evaluate_archs
+from nas_lightning.data.batch_source import Batch, BatchSource
+from nas_lightning.evaluation.inherited import EvalTotals, evaluate_archs
 from nas_lightning.methods.base import NASModule
-from nas_lightning.samplers.base import ArchSampler
+from nas_lightning.samplers.base import SamplerFactory
+from nas_lightning.samplers.uniform import UniformSampler
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.utils.distributed import reduce_sum, step_generator
 
-SamplerT = TypeVar("SamplerT", bound=ArchSampler)
 
-
-def require_sampler(module: Any, sampler_type: type[SamplerT], needed_by: str, example: str) -> SamplerT:
-    """``module.sampler`` if ``module`` is a ``SupernetModule`` whose sampler is a ``sampler_type``; otherwise a
-    TypeError naming what ``needed_by`` (a callback) got, and a method (``example``) that has one."""
-    sampler = getattr(module, "sampler", None)
-    if not isinstance(module, SupernetModule) or not isinstance(sampler, sampler_type):
-        raise TypeError(f"{needed_by} needs a SupernetModule whose sampler is a {sampler_type.__name__} "
-                        f"(e.g. {example}), got {type(module).__name__} with {type(sampler).__name__}")
-    return sampler
+def require_callbacks(trainer: pl.Trainer, method: str, names: Sequence[str], config: str) -> None:
+    """Fail at ``setup`` when a callback the method cannot run without is missing. Checked by class name
+    (a subclass counts), since the library never imports the ``callbacks`` package."""
+    present = {base.__name__ for cb in trainer.callbacks for base in type(cb).__mro__}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise RuntimeError(
+            f"{method} needs the callback(s) {', '.join(missing)}: add "
+            + ", ".join(f"`- class_path: callbacks.{n}`" for n in missing)
+            + f" under trainer.callbacks, as {config} does"
+        )
 
 
 class SupernetModule(NASModule):
-    """Trains ``space.build_supernet()`` on the arch that ``sampler`` draws at each optimiser step.
+    """Trains ``space.build_supernet()`` on the arch that the sampler draws at each optimiser step.
 
-    Validation evaluates a fixed set of archs with inherited weights: the configured
-    ``eval_archs``, or ``num_eval_archs`` drawn with ``eval_seed``. Each rank evaluates them on its
-    shard of the validation data and the totals are summed over ranks, so every rank holds the same
-    numbers. Callbacks (ranking, search) evaluate further archs through ``evaluate``. The validation
-    batches of the epoch are kept on the module's device for that: bound them with
-    ``trainer.limit_val_batches`` on large data sets (SPOS scores ImageNet candidates on 250 batches).
+    As it is, this is SPOS (uniform sampling, the default sampler). Validation evaluates a fixed set
+    of archs with inherited weights: the configured ``eval_archs``, or ``num_eval_archs`` drawn with
+    ``eval_seed``. Each rank evaluates them on its shard of the validation data and the totals are
+    summed over ranks, so every rank holds the same numbers. Callbacks (ranking, search) evaluate
+    further archs through ``evaluate``. The validation batches of the epoch are kept on the module's
+    device for that: bound them with ``trainer.limit_val_batches`` on large data sets.
 
     Args:
-        sampler: draws the training arch of each step; its state is checkpointed.
+        sampler: ``(space, seed) -> ArchSampler``, draws the training arch of each step; its state is
+            checkpointed. Default: ``UniformSampler``.
+        seed: seed of the sampler (the arch of step t depends only on (seed, t) and the search state)
+            and of the method's other draws.
         eval_archs: arch strings to evaluate at validation.
         num_eval_archs: how many archs to draw when ``eval_archs`` is not given.
         eval_seed: seed of that draw.
         bn_recalibration: K > 0 re-estimates BN statistics on K training batches per arch before
             evaluating it (SPOS practice); 0 normalises each evaluation batch by its own statistics.
+        space: the search space (``class_path`` in YAML).
+        kwargs: ``NASModule``'s (optimizer, lr_scheduler, scheduler_interval, label_smoothing).
     """
 
-    def __init__(self, space: SearchSpace, sampler: ArchSampler, optimizer: OptimizerCallable = torch.optim.SGD,
-                 lr_scheduler: LRSchedulerCallable | None = None, scheduler_interval: str = "epoch",
-                 label_smoothing: float = 0.0, eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16,
-                 eval_seed: int = 0, bn_recalibration: int = 0) -> None:
-        super().__init__(space, optimizer, lr_scheduler, scheduler_interval, label_smoothing)
+    def __init__(self, space: SearchSpace, sampler: SamplerFactory = UniformSampler, seed: int = 0,
+                 eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16, eval_seed: int = 0,
+                 bn_recalibration: int = 0, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
         if bn_recalibration < 0 or num_eval_archs < 0:
             raise ValueError(
                 f"bn_recalibration and num_eval_archs must be >= 0, got {bn_recalibration}, {num_eval_archs}"
             )
-        self.sampler = sampler
+        self.seed = seed
+        self.sampler = sampler(space, seed)
         self.supernet = space.build_supernet()
         self.eval_archs: list[Arch] = (
             [space.decode(a) for a in eval_archs] if eval_archs
             else space.sample_many(num_eval_archs, step_generator(eval_seed, "eval", 0))
         )
         self.bn_recalibration = bn_recalibration
+        self.batches = BatchSource(self, bn_recalibration)
         self.train_acc = MulticlassAccuracy(space.num_classes, average="micro")
         self.current_arch: Arch | None = None
         self.eval_results: dict[Arch, float] = {}
-        self._val_batches: list[Batch] = []
-        self._calibration: list[Batch] | None = None
+        self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler", "sampler"])
 
     # --- training --------------------------------------------------------------------------------
     def sample_arch(self) -> Arch:
         """The arch of this optimiser step: a function of the step alone, so ranks agree."""
         return self.sampler.sample(self.global_step)
 
+    @override
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         self.current_arch = self.sample_arch()
@@ -87,54 +104,39 @@ class SupernetModule(NASModule):
         return loss
 
     # --- inherited-weight evaluation -------------------------------------------------------------
+    @override
     def on_validation_epoch_start(self) -> None:
-        self._val_batches = []
-        self._calibration = None  # weights changed since the last recalibration source was drawn
+        self.batches.start_validation()
 
+    @override
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         # Kept for the epoch end, where every arch (and every callback's archs) runs on them.
-        self._val_batches.append((batch[0].detach(), batch[1].detach()))
+        self.batches.add_validation(batch)
 
+    @override
     def on_validation_epoch_end(self) -> None:
-        if not self.eval_archs or not self._val_batches:
+        if not self.eval_archs or not self.batches.validation():
             return
         acc = self.evaluate(self.eval_archs).accuracy
         self.eval_results = dict(zip(self.eval_archs, acc.tolist()))
         self.log_dict({"val/acc_mean": acc.mean(), "val/acc_max": acc.max(), "val/acc_min": acc.min()},
                       prog_bar=True, rank_zero_only=True)
 
-    @property
-    def val_batches(self) -> list[Batch]:
-        """The validation batches of the latest validation epoch (this rank's shard)."""
-        return self._val_batches
-
-    def calibration_batches(self) -> list[Batch]:
-        """The first K supernet-train batches, drawn the same way on every rank."""
-        if self.bn_recalibration == 0:
-            return []
-        if self._calibration is None:
-            datamodule = self.trainer.datamodule
-            datamodule.setup("fit")
-            batches = []
-            for x, y in datamodule.train_dataloader():
-                batches.append((x.to(self.device), y.to(self.device)))
-                if len(batches) == self.bn_recalibration:
-                    break
-            self._calibration = batches
-        return self._calibration
-
     def evaluate(self, archs: Sequence[Arch], batches: Sequence[Batch] | None = None) -> EvalTotals:
-        """Inherited-weight totals of ``archs`` on the validation batches, summed over all ranks."""
-        batches = self._val_batches if batches is None else batches
+        """Inherited-weight totals of ``archs`` on ``batches`` (default: this rank's shard of the latest
+        validation epoch), summed over all ranks."""
+        batches = self.batches.validation() if batches is None else batches
         if not batches:
             raise RuntimeError("no validation batches to evaluate on: run a validation epoch first")
-        totals = evaluate_archs(self.supernet, archs, batches, self.calibration_batches())
-        return EvalTotals.from_stacked(reduce_sum(totals.stacked(), self._trainer))
+        return evaluate_archs(self.supernet, archs, batches, self.batches.calibration(),
+                              reduce=partial(reduce_sum, trainer=self._trainer))
 
     # --- search state ----------------------------------------------------------------------------
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nas_sampler"] = self.sampler.state_dict()
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "nas_sampler" in checkpoint:
             self.sampler.load_state_dict(checkpoint["nas_sampler"])

@@ -1,9 +1,10 @@
 """Performance-disturbance (PD) metrics of DI-NAS (Niu et al., arXiv:2003.13089, section 5.3 and Fig. 1b).
 
-SPEC.md "Performance-disturbance metrics (DI-NAS section 5.3; reused by every method)":
+The metrics of section 5.3, which every method can be measured with (docs/design_choices.md,
+"Performance disturbance"):
 
-* Performance change over an epoch interval d, averaged over a fixed set S of archs (64 in the paper):
-  ``PC_t = 1/|S| * sum_{a in S} |acc_t(a) - acc_{t-d}(a)|`` (``performance_change``).
+* Performance change over an epoch interval d, averaged over a fixed set S of archs (64 in the paper,
+  ``draw_archs``): ``PC_t = 1/|S| * sum_{a in S} |acc_t(a) - acc_{t-d}(a)|`` (``performance_change``).
 * KTau: Kendall tau-b between the rankings of S at epoch t and at epoch t-d (``epoch_ktau``).
 * GT-Tau: Kendall tau-b between inherited-weight accuracy and ground truth (``gt_tau``).
 * Disturbance matrix (Fig. 1b): train a_1..a_n sequentially, one step (or k) each, and after each,
@@ -11,7 +12,8 @@ SPEC.md "Performance-disturbance metrics (DI-NAS section 5.3; reused by every me
   trained; ``before[i]`` = its accuracy before any of them was trained (``disturbance_matrix``). It runs on
   a deep copy of the supernet, so the real training run is never disturbed.
 
-Accuracies are in percent, as ``EvalTotals.accuracy`` gives them. Everything here needs no Trainer.
+Accuracies are in percent, as ``EvalTotals.accuracy`` gives them; every evaluation goes through the one
+inherited-weight evaluator, ``evaluate_archs``. Everything here needs no Trainer.
 """
 
 from __future__ import annotations
@@ -31,21 +33,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nas_lightning.evaluation.inherited import Batch, evaluate_archs
+from nas_lightning.evaluation.inherited import Batch, EvalTotals, evaluate_archs
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
 from nas_lightning.spaces.arch import Arch
+from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.supernet.base import Supernet
 from nas_lightning.utils.atomic import atomic_write_text
 
 __all__ = [
     "DisturbanceMatrix",
+    "OptimizerFactory",
+    "ReduceSum",
     "StepRule",
     "StepRuleFactory",
     "disturbance_matrix",
+    "draw_archs",
     "epoch_ktau",
     "epoch_metrics",
     "gt_tau",
     "gt_tau_references",
+    "lr_of",
+    "optimizer_at_lr",
     "performance_change",
     "save_disturbance_matrix",
 ]
@@ -83,6 +91,25 @@ def _vector(x: Tensor | Sequence[float], name: str) -> Tensor:
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return t
+
+
+def draw_archs(space: SearchSpace, n: int, generator: torch.Generator, pool: list[Arch] | None = None) -> list[Arch]:
+    """``n`` distinct archs (fewer if the space or ``pool`` has fewer), from ``pool`` or the whole space: the
+    fixed set S of section 5.3 (the paper: 64 random archs) or the archs of a disturbance matrix.
+
+    A pool keeps its own order; draws from the space keep the order they were drawn in.
+    """
+    if pool is not None:
+        keep = torch.randperm(len(pool), generator=generator)[:n]
+        return [pool[i] for i in sorted(keep.tolist())]
+    n = min(n, space.num_archs)
+    drawn: dict[Arch, None] = {}
+    while len(drawn) < n:  # a small space repeats archs; draw again until n distinct
+        for arch in space.sample_many(n, generator):
+            drawn.setdefault(arch)
+            if len(drawn) == n:
+                break
+    return list(drawn)
 
 
 def performance_change(acc_now: Tensor | Sequence[float], acc_before: Tensor | Sequence[float]) -> float:
@@ -133,6 +160,27 @@ class DisturbanceMatrix:
     def own_change(self) -> float:
         """Mean change of the trained arch's own accuracy (points): what the step was for."""
         return float(self.step_changes().diagonal().mean())
+
+
+def lr_of(optimizers: Sequence[torch.optim.Optimizer], params: Iterable[torch.nn.Parameter]) -> float | None:
+    """The learning rate of the first param group that holds any of ``params`` (None if none does): the
+    rate a run trains the supernet with now, so a matrix follows its schedule."""
+    own = {id(p) for p in params}
+    lrs = [g["lr"] for opt in optimizers for g in opt.param_groups if any(id(p) in own for p in g["params"])]
+    return lrs[0] if lrs else None
+
+
+def optimizer_at_lr(optimizer_factory: OptimizerFactory, lr: float | None) -> OptimizerFactory:
+    """``optimizer_factory`` with every param group's learning rate set to ``lr`` (None: as it builds it)."""
+
+    def factory(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        optimizer = optimizer_factory(params)
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        return optimizer
+
+    return factory
 
 
 def _train_step(net: Supernet, arch: Arch, batch: Batch, optimizer: torch.optim.Optimizer,
@@ -187,11 +235,9 @@ def disturbance_matrix(supernet: Supernet, archs: Sequence[Arch], train_batches:
 
     def accuracy(net: Supernet) -> Tensor:
         totals = evaluate_archs(net, archs, val_batches, calibration)
-        stacked = totals.stacked()
         if reduce_sum is not None and world_size > 1:
-            stacked = reduce_sum(stacked)
-        correct, count = stacked[0], stacked[2]
-        return (100.0 * correct / count.clamp_min(1)).to("cpu", torch.float64)
+            totals = EvalTotals.from_stacked(reduce_sum(totals.stacked()))  # one collective for all totals
+        return totals.accuracy.to("cpu", torch.float64)
 
     # Validation hooks run under inference mode; training the copy needs autograd and normal tensors.
     with torch.inference_mode(False), torch.enable_grad():

@@ -1,5 +1,5 @@
-"""The input features that DI-NAS folds into a layer's projection matrix (arXiv:2003.13089, section 4.1;
-SPEC.md "Feature per update").
+"""The input features that DI-NAS folds into a layer's projection matrix (arXiv:2003.13089, section 4.1,
+eqs. 7-8; the feature per update follows OWM's code, arXiv:1810.01256; docs/design_choices.md, "DI-NAS").
 
 ``LayerInputRecorder`` puts a forward pre-hook on each layer and, while active, keeps only the batch
 sum of the layer's input and the number of samples: the batch mean is what OWM folds in, and a sum

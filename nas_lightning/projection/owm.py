@@ -1,14 +1,14 @@
 """Orthogonal gradient projection of shared weights: DI-NAS (Niu et al., "Disturbance-immune Weight
 Sharing for Neural Architecture Search", arXiv:2003.13089), eqs. 6-8, after the orthogonal weight
-modification (OWM) of Zeng et al. 2019 (arXiv:1810.01256). SPEC.md "DI-NAS equations" restores the
-formulas the paper text lost; this module follows it.
+modification (OWM) of Zeng et al. 2019 (arXiv:1810.01256). The paper text lost its formulas; the ones
+below follow its description and OWM (docs/design_choices.md, "DI-NAS").
 
 A layer's weight W is read as a matrix (out x d): a Linear as it is, a Conv2d reshaped to
 ``out x C_in*k*k`` (each output position is W times one input patch). Every such weight owns a
 projection matrix P (d x d, fp32, P_0 = I):
 
 - eq. 6: W <- W - lr * (G @ P). ``project_gradient`` turns G into G @ P; the caller does so before the
-  optimiser applies momentum and weight decay (SPEC.md).
+  optimiser applies momentum and weight decay (``OrthogonalProjector.project``).
 - eq. 7 (closed form): P = I - A^T (A A^T + alpha I)^-1 A = alpha (A^T A + alpha I)^-1, where A (n x d)
   stacks the input features seen before. ``closed_form``.
 - eq. 8 (recursive form, Woodbury): per feature x, k = P x / (alpha + x^T P x); P <- P - k x^T P.
@@ -116,7 +116,7 @@ def alpha_at(alpha0: float, progress: float, decay: bool) -> float:
 
     Without decay: alpha0. With decay, OWM's schedule (its ``1.0 * alpha0 ** lamda``, lamda the fraction
     of training done): alpha0 ** progress, so alpha starts at 1 (the features barely constrain the first
-    steps) and falls to alpha0 at the end. SPEC.md: "decayed during training as alpha_0 ** progress".
+    steps) and falls to alpha0 at the end (docs/design_choices.md, "DI-NAS").
     """
     if alpha0 <= 0 or not math.isfinite(alpha0):
         raise ValueError(f"alpha must be a finite number > 0, got {alpha0}")

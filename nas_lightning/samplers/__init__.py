@@ -1,6 +1,6 @@
 """Architecture samplers."""
 
-from nas_lightning.samplers.base import ArchSampler
+from nas_lightning.samplers.base import ArchSampler, SamplerFactory
 from nas_lightning.samplers.controller import ControllerSampler, LSTMController, reinforce_step
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
 from nas_lightning.samplers.uniform import UniformSampler
@@ -12,6 +12,7 @@ __all__ = [
     "LatencyLimit",
     "PartialModelPool",
     "PoolSampler",
+    "SamplerFactory",
     "UniformSampler",
     "reinforce_step",
 ]

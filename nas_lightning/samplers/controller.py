@@ -4,8 +4,8 @@ DI-NAS (Niu et al., "Disturbance-immune Weight Sharing for Neural Architecture S
 arXiv:2003.13089) learns a controller pi(a; theta) by maximising E_{a ~ pi}[R(a, w_a)] (eq. 1), with
 R the validation accuracy of a with weights inherited from the supernet. The controller is ENAS's
 (Pham et al. 2018, arXiv:1802.03268): an LSTM that makes one decision per step, its input the
-embedding of the previous choice. SPEC.md ("DI-NAS equations", Controller) fixes what the paper
-lost: hidden size 64, REINFORCE with a moving-average baseline (decay 0.95), entropy bonus 1e-4, Adam
+embedding of the previous choice. What the paper lost is fixed as in ENAS (docs/design_choices.md,
+"DI-NAS"): hidden size 64, REINFORCE with a moving-average baseline (decay 0.95), entropy bonus 1e-4, Adam
 lr 3.5e-4, reward = inherited-weight accuracy on one validation batch.
 
 REINFORCE (Williams 1992), as in ENAS's code: the baseline moves first,
@@ -14,18 +14,19 @@ REINFORCE (Williams 1992), as in ENAS's code: the baseline moves first,
 with H_i the summed per-decision entropies along a_i. The first update sets b to its mean reward
 (ENAS's TF code starts at 0, which makes the first advantages as large as the rewards). The paper,
 like ENAS's code, adds the weighted sample entropy to the reward instead; the entropy bonus in the
-loss (the form SPEC.md and the project fix) rewards exploration the same way without letting it
+loss (the form the project fixes) rewards exploration the same way without letting it
 leak into the baseline.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from nas_lightning.samplers.base import ArchSampler
 from nas_lightning.spaces.arch import Arch
@@ -43,7 +44,7 @@ class LSTMController(nn.Module):
 
     Args:
         space: the search space whose decisions are made.
-        hidden_size: LSTM width (SPEC.md: 64).
+        hidden_size: LSTM width (64, as ENAS).
         num_layers: stacked LSTM layers (ENAS uses 2; 1 by default here).
         temperature, tanh_constant: ENAS's logit shaping, ``c * tanh(logits / T)``; None skips each.
             The tanh bounds the logits, so the policy cannot collapse on one choice too early.
@@ -163,28 +164,35 @@ class ControllerSampler(ArchSampler):
 
     The sampler holds the whole search state, and it alone is checkpointed (``SupernetModule`` saves
     it under ``"nas_sampler"``): the controller's weights, its Adam state, the moving-average
-    baseline, the update counter, the step where sampling switched to the controller, and the
-    rewards seen per arch. ``callbacks.ControllerStep`` runs the updates and keeps no state.
+    baseline, the update counter, the step where sampling switched to the controller, the last epoch
+    whose updates ran, and the rewards seen per arch. Only its own methods change that state:
+    ``start`` (warm-up over), ``update`` (one REINFORCE step) and ``finish_epoch``.
 
-    Before ``start_step`` (None: not yet started, set by ``ControllerStep`` when warm-up ends) the
-    arch of step t is uniform from ``step_generator(seed, "uniform", t)``, as ``UniformSampler``
-    draws it; afterwards it is drawn from the controller with ``step_generator(seed, "controller",
-    t)``. Both depend only on (seed, t, controller weights), so all ranks and a resumed run agree.
+    Before ``start_step`` (None: not started yet) the arch of step t is uniform from
+    ``step_generator(seed, "uniform", t)``, as ``UniformSampler`` draws it; afterwards it is drawn
+    from the controller with ``step_generator(seed, "controller", t)``. Both depend only on (seed, t,
+    controller weights), so all ranks and a resumed run agree.
 
     Args:
         space: the search space.
         seed: seeds the uniform warm-up archs, the controller's initial weights and every draw.
         hidden_size, num_layers, temperature, tanh_constant: see ``LSTMController``.
-        lr, weight_decay: Adam's (SPEC.md: lr 3.5e-4; the paper's weight decay is lost, 0 here).
+        lr, weight_decay: Adam's (lr 3.5e-4, ENAS; the paper's weight decay is lost, 0 here).
+        entropy_weight: weight of the entropy bonus in the REINFORCE loss (1e-4).
+        baseline_decay: decay of the moving-average reward baseline (0.95).
+        (docs/design_choices.md, "DI-NAS", gives the reasons for these defaults.)
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, hidden_size: int = 64, num_layers: int = 1,
                  temperature: float | None = None, tanh_constant: float | None = None, lr: float = 3.5e-4,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(space)
+                 weight_decay: float = 0.0, entropy_weight: float = 1e-4, baseline_decay: float = 0.95) -> None:
+        super().__init__(space, seed)
         if lr <= 0 or weight_decay < 0:
             raise ValueError(f"controller lr must be > 0 and weight_decay >= 0, got {lr}, {weight_decay}")
-        self.seed = seed
+        if entropy_weight < 0 or not 0 <= baseline_decay < 1:
+            raise ValueError(f"need entropy_weight >= 0 and baseline_decay in [0, 1), got {entropy_weight}, "
+                             f"{baseline_decay}")
+        self.entropy_weight, self.baseline_decay = entropy_weight, baseline_decay
         self.controller = LSTMController(space, hidden_size, num_layers, temperature, tanh_constant, seed=seed)
         self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr, weight_decay=weight_decay)
         self.baseline: float | None = None
@@ -194,17 +202,30 @@ class ControllerSampler(ArchSampler):
         # arch string -> [times sampled in updates, reward sum, best reward]
         self.history: dict[str, list[float]] = {}
 
+    @override
     def sample(self, step: int) -> Arch:
         if self.start_step is None or step < self.start_step:
             return self.space.sample(step_generator(self.seed, "uniform", step))
         with torch.no_grad():
             return self.controller.sample(1, step_generator(self.seed, "controller", step))[0][0]
 
-    def update(self, archs: Sequence[Arch], rewards: torch.Tensor, entropy_weight: float = 1e-4,
-               decay: float = 0.95) -> dict[str, float]:
-        """One REINFORCE step on ``archs`` (drawn by ``draw_update_archs``) and their rewards."""
+    @property
+    def started(self) -> bool:
+        return self.start_step is not None
+
+    def start(self, step: int) -> None:
+        """Warm-up over: from optimiser step ``step`` on, the supernet trains the controller's archs."""
+        if self.start_step is None:
+            self.start_step = step
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Record that the controller updates of supernet epoch ``epoch`` have run."""
+        self.last_update_epoch = max(self.last_update_epoch, epoch)
+
+    def update(self, archs: Sequence[Arch], rewards: torch.Tensor) -> dict[str, float]:
+        """One REINFORCE step (eq. 1) on ``archs`` (drawn by ``draw_update_archs``) and their rewards."""
         self.baseline, stats = reinforce_step(self.controller, self.optimizer, archs, rewards, self.baseline,
-                                              entropy_weight, decay)
+                                              self.entropy_weight, self.baseline_decay)
         self.num_updates += 1
         for arch, r in zip(archs, rewards.tolist()):
             seen = self.history.setdefault(str(arch), [0.0, 0.0, float("-inf")])
@@ -225,6 +246,7 @@ class ControllerSampler(ArchSampler):
         rows.sort(key=lambda r: (-r["mean_reward"], -r["count"], r["arch"]))
         return rows[:k]
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # A deep copy: the optimizer's state_dict holds references to its live moment tensors, and
         # a snapshot that later updates mutate (or that an in-memory load would share) is no snapshot.
@@ -235,6 +257,7 @@ class ControllerSampler(ArchSampler):
             "history": self.history,
         })
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"controller", "optimizer", "num_updates"} - set(state)
         if missing:
@@ -255,3 +278,34 @@ class ControllerSampler(ArchSampler):
         self.num_updates = int(state["num_updates"])
         self.last_update_epoch = int(state.get("last_update_epoch", -1))
         self.history = {a: [float(x) for x in v] for a, v in state.get("history", {}).items()}
+
+
+def controller_updates(sampler: ControllerSampler, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                       reward: Callable[[list[Arch], tuple[torch.Tensor, torch.Tensor]], torch.Tensor],
+                       archs_per_step: int) -> list[dict[str, float]]:
+    """DI-NAS Algorithm 1, controller learning: one REINFORCE update (eq. 1) per batch, on
+    ``archs_per_step`` archs drawn from the controller; ``reward(archs, batch)`` gives each arch's reward
+    (inherited-weight accuracy on the batch, a fraction in [0, 1])."""
+    stats = []
+    for batch in batches:
+        archs = sampler.draw_update_archs(archs_per_step)
+        stats.append(sampler.update(archs, reward(archs, batch)))
+    return stats
+
+
+def export_controller(sampler: ControllerSampler, top: int) -> dict[str, Any]:
+    """The controller's result: its argmax arch and the ``top`` archs by mean reward, best first, with
+    params and FLOPs (as the evolutionary search exports them)."""
+    space, argmax = sampler.space, sampler.controller.argmax_arch()
+
+    def costs(arch: str) -> dict[str, int]:
+        params, flops = space.cost(space.decode(arch))
+        return {"params": params, "flops": flops}
+
+    with torch.no_grad():
+        log_prob = float(sampler.controller.log_prob([argmax])[0])
+    return {
+        "argmax": {"arch": str(argmax), "log_prob": log_prob, **costs(str(argmax))},
+        "top": [{**row, **costs(row["arch"])} for row in sampler.top_archs(top)],
+        "baseline": sampler.baseline, "num_updates": sampler.num_updates,
+    }

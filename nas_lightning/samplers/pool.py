@@ -12,21 +12,24 @@ sampler owns the search state, the ``PoolShrinking`` callback only decides when 
 
 The hard latency limit (section 3.3, "Candidate evaluation with latency constraint") is a
 ``LatencyLimit``: a completion counts only if ``latency_model(arch) <= max_latency``. Training
-completions are drawn by rejection sampling with a bounded number of tries (SPEC.md leaves training
-unconstrained in the paper's text; we keep the trained archs inside the limit the pool is searched
-under). The warm-up samples uniformly from the whole space, as Algorithm 2's ``Warm-up`` does.
+completions are drawn by rejection sampling with a bounded number of tries (the paper's text leaves
+training unconstrained; we keep the trained archs inside the limit the pool is searched under:
+docs/design_choices.md, "PC-NAS"). The warm-up samples uniformly from the whole space, as
+Algorithm 2's ``Warm-up`` does.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from nas_lightning.latency.base import FlopsProxy, LatencyModel
+from nas_lightning.latency.table import LatencyTable
 from nas_lightning.samplers.base import ArchSampler
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
@@ -123,13 +126,16 @@ class PartialModelPool:
         return self.num_fixed == space.num_decisions
 
     def candidates(self, space: SearchSpace) -> list[Prefix]:
-        """Each member extended by every choice of the next decision (Algorithm 2, ``Extend``),
-        member-major; with an empty pool, every choice of the first decision."""
-        layer = self.num_fixed
-        if layer >= space.num_decisions:
-            raise RuntimeError(f"every one of the {space.num_decisions} decisions is fixed already; nothing to extend")
-        members = self.members or [()]
-        return [(*m, c) for m in members for c in range(len(space.decisions[layer].choices))]
+        """Algorithm 2's ``Extend`` of this pool (see ``extend``)."""
+        return extend(self.members, space)
+
+    def advance(self, kept: Sequence[Prefix], record: dict[str, Any]) -> None:
+        """Replace the members by ``kept`` (the top P candidates of a shrink) and append its record."""
+        if kept and len(kept[0]) != self.num_fixed + 1:
+            raise ValueError(f"a shrink fixes one more decision: the pool has {self.num_fixed} fixed, the new members "
+                             f"{len(kept[0])}")
+        self.members = [tuple(k) for k in kept]
+        self.history.append(copy.deepcopy(record))
 
     def state_dict(self) -> dict[str, Any]:
         return {"members": [list(m) for m in self.members], "history": copy.deepcopy(self.history)}
@@ -137,6 +143,15 @@ class PartialModelPool:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.members = [tuple(int(i) for i in m) for m in state["members"]]
         self.history = copy.deepcopy(list(state["history"]))
+
+
+def extend(members: Sequence[Prefix], space: SearchSpace) -> list[Prefix]:
+    """``Extend`` of Algorithm 2: each member extended by every choice of the next decision, member-major;
+    with no members (the warm-up is over), every choice of the first decision."""
+    layer = len(members[0]) if members else 0
+    if layer >= space.num_decisions:
+        raise RuntimeError(f"every one of the {space.num_decisions} decisions is fixed already; nothing to extend")
+    return [(*m, c) for m in (members or [()]) for c in range(len(space.decisions[layer].choices))]
 
 
 def top_partial_models(candidates: Sequence[Prefix], potentials: Sequence[float | None],
@@ -154,27 +169,37 @@ def top_partial_models(candidates: Sequence[Prefix], potentials: Sequence[float 
 
 
 class PoolSampler(ArchSampler):
-    """Arch of step t: uniform during the warm-up; then a uniform pool member, completed uniformly
-    within the latency limit. Every draw comes from ``step_generator(seed, "pool", t)``, so all DDP
-    ranks train the same arch and a resumed run draws what an uninterrupted one would.
+    """Arch of step t: uniform during the warm-up; then a pool member drawn uniformly, and a completion
+    of it drawn uniformly among those within the latency limit (section 3.3). Every draw comes from
+    ``step_generator(seed, "pool", t)``, so all DDP ranks train the same arch and a resumed run draws
+    what an uninterrupted one would.
 
     Args:
         space: the search space.
         seed: seed of the arch sequence.
-        max_latency: hard limit on ``latency_model(arch)``; None for no limit.
-        latency_model: the latency of an arch; default ``FlopsProxy(space)`` (MFLOPs).
-        max_tries: completions tried per step before the limit is declared impossible to meet.
+        max_latency: hard limit on the latency model's value; None for no limit.
+        latency_model: ``space -> LatencyModel`` (a class, e.g. ``nas_lightning.latency.FlopsProxy``, the
+            default, in MFLOPs).
+        latency_table: instead of ``latency_model``, a measured lookup table file (``nas-lightning
+            measure-latency``, ms), read as it is so every rank has the same numbers.
+        max_tries: draws before the limit is declared impossible to meet.
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, max_latency: float | None = None,
-                 latency_model: LatencyModel | None = None, max_tries: int = 1000) -> None:
-        super().__init__(space)
+                 latency_model: Callable[[SearchSpace], LatencyModel] | None = None,
+                 latency_table: str | None = None, max_tries: int = 1000) -> None:
+        super().__init__(space, seed)
         if max_tries < 1:
             raise ValueError(f"max_tries must be >= 1, got {max_tries}")
-        self.seed, self.max_tries = seed, max_tries
-        self.limit = LatencyLimit(latency_model if latency_model is not None else FlopsProxy(space), max_latency)
+        if latency_table is not None and latency_model is not None:
+            raise ValueError("give latency_model or latency_table, not both")
+        self.max_tries = max_tries
+        model = (LatencyTable.load(space, latency_table) if latency_table is not None
+                 else (latency_model or FlopsProxy)(space))
+        self.limit = LatencyLimit(model, max_latency)
         self.pool = PartialModelPool()
 
+    @override
     def sample(self, step: int) -> Arch:
         generator = step_generator(self.seed, "pool", step)
         if not self.pool.members:
@@ -190,11 +215,12 @@ class PoolSampler(ArchSampler):
             f"at step {step}; relax max_latency (raise it above {self.limit.max_latency}) or raise max_tries"
         )
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "pool": self.pool.state_dict()}
 
+    @override
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A resumed run continues the checkpoint's sequence and pool, whatever the config now gives.
-        self.seed = int(state.get("seed", self.seed))
+        super().load_state_dict(state)
         if "pool" in state:
             self.pool.load_state_dict(state["pool"])

@@ -1,23 +1,30 @@
-"""Search spaces: decisions, arch encoding, sampling, cost and builders."""
+"""Search spaces: decisions, arch grammar and encoding, sampling, cost, and the registry of their networks."""
 
 from nas_lightning.spaces.arch import Arch
-from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
-from nas_lightning.spaces.chain import ChainSpace
-from nas_lightning.spaces.darts import DARTS_V2_GENOTYPE, DartsSpace
+from nas_lightning.spaces.base import NETWORKS, ArchFormatError, Decision, SearchSpace
+from nas_lightning.spaces.chain import CHAIN_OPS, ChainSpace
+from nas_lightning.spaces.darts import DARTS_PRIMITIVES, DARTS_V2_GENOTYPE, DartsSpace, Edge, Gene, ParentPair
 from nas_lightning.spaces.mobilenet import MOBILENET_LARGE_OPS, MOBILENET_SMALL_OPS, MobileNetSpace
-from nas_lightning.spaces.nb201 import NB201_OPS, NB201Space
+from nas_lightning.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201Space
 
 __all__ = [
+    "CHAIN_OPS",
+    "DARTS_PRIMITIVES",
     "DARTS_V2_GENOTYPE",
     "MOBILENET_LARGE_OPS",
     "MOBILENET_SMALL_OPS",
+    "NB201_EDGES",
     "NB201_OPS",
+    "NETWORKS",
     "Arch",
     "ArchFormatError",
     "ChainSpace",
     "DartsSpace",
     "Decision",
+    "Edge",
+    "Gene",
     "MobileNetSpace",
     "NB201Space",
+    "ParentPair",
     "SearchSpace",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing_extensions import override
+
 
 @dataclass(frozen=True, order=True)
 class Arch:
@@ -17,9 +19,11 @@ class Arch:
     indices: tuple[int, ...]
     text: str = field(compare=False)
 
+    @override
     def __str__(self) -> str:
         return self.text
 
+    @override
     def __repr__(self) -> str:
         return f"Arch({self.text!r})"
 

@@ -1,9 +1,11 @@
-"""The search-space abstraction (SPEC.md, "Shared vocabulary").
+"""The search-space abstraction (docs/design_choices.md, "Shared vocabulary").
 
 A space is an ordered list of decisions, each with named choices. It samples, encodes and decodes
-archs, enumerates itself when small, mutates and crosses archs over for evolution, counts params
-and FLOPs per arch (cached), and builds both the supernet and a stand-alone network. It knows
-nothing about training.
+archs, enumerates itself when small, mutates and crosses archs over for evolution, and counts params
+and FLOPs per arch (cached). It owns its grammar and knows nothing about modules or training: the
+network that runs its archs is registered for its class in ``NETWORKS`` by ``nas_lightning.supernet``
+(which imports the spaces, never the other way round), and ``build_supernet`` / ``build_network``
+look it up there.
 """
 
 from __future__ import annotations
@@ -13,16 +15,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nas_lightning.spaces.arch import Arch
-
-if TYPE_CHECKING:
-    from nas_lightning.supernet.base import Supernet
+from nas_lightning.utils.registry import Registry
 
 
 class ArchFormatError(ValueError):
@@ -45,12 +44,14 @@ class Decision:
 
 
 class SearchSpace(ABC):
-    """Base class of every search space. Subclasses define decisions, the string format and builders."""
+    """Base class of every search space. Subclasses define the decisions and the string format."""
 
     #: channels, height, width of the input images; set by subclasses in ``__init__``.
     in_channels: int
     input_size: int
     num_classes: int
+    #: whether the supernet's searchable BN layers learn affine parameters (stand-alone networks' always do).
+    supernet_bn_affine: bool
 
     def __init__(self) -> None:
         self._cost_cache: dict[tuple[int, ...], tuple[int, int]] = {}
@@ -191,10 +192,27 @@ class SearchSpace(ABC):
         return self.cost(arch)[1]
 
     # --- builders ----------------------------------------------------------------------------------
-    @abstractmethod
-    def build_supernet(self) -> Supernet:
-        """A module holding the weights of every choice; ``forward(x, arch)`` runs one path."""
+    @property
+    def network_class(self) -> type[nn.Module]:
+        """The network registered for this space's class (or the nearest base class that has one)."""
+        for cls in type(self).__mro__:
+            if cls in NETWORKS:
+                return NETWORKS.get(cls)
+        raise LookupError(
+            f"no network is registered for {type(self).__name__}: `import nas_lightning.supernet` registers "
+            f"those of the built-in spaces; a new space registers its own with @NETWORKS.register(SpaceClass)"
+        )
 
-    @abstractmethod
+    def build_supernet(self) -> nn.Module:
+        """A ``nas_lightning.supernet.Supernet`` holding the weights of every choice; ``forward(x, arch)`` runs
+        one path."""
+        return self.network_class(self, None, bn_affine=self.supernet_bn_affine)
+
     def build_network(self, arch: Arch) -> nn.Module:
-        """A stand-alone network of one arch, trained from scratch or loaded from a supernet."""
+        """A stand-alone network of one arch, trained from scratch or loaded from a supernet (``export``)."""
+        return self.network_class(self, self.decode(arch), bn_affine=True)
+
+
+#: The network class of each space class, called as ``network_class(space, fixed_arch, bn_affine=...)``
+#: (``fixed_arch`` None: the supernet). Filled by ``nas_lightning.supernet`` when it is imported.
+NETWORKS: Registry[type[SearchSpace], type[nn.Module]] = Registry("network of space")

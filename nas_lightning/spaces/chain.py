@@ -1,6 +1,7 @@
 """A small chain space for fast tests and ground-truth experiments.
 
-``num_layers`` layers in sequence, each a choice among ``ops`` (names from the op registry).
+``num_layers`` layers in sequence, each a choice among ``ops`` (names from ``CHAIN_OPS``, the cell ops of
+NAS-Bench-201 and DARTS that keep the shape).
 Arch strings list the layers' ops between bars: ``|nor_conv_3x3|skip_connect|avg_pool_3x3|``.
 Small enough (K**L archs) to enumerate and train every arch stand-alone.
 """
@@ -10,16 +11,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
-from nas_lightning.spaces.arch import Arch
+from typing_extensions import override
+
 from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
-from nas_lightning.supernet.chain import ChainNetwork
-from nas_lightning.supernet.ops import OPS
+
+#: The ops a chain layer may choose among.
+CHAIN_OPS: tuple[str, ...] = (
+    "none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "nor_conv_5x5", "avg_pool_3x3", "max_pool_3x3",
+)
 
 
 class ChainSpace(SearchSpace):
     """Args:
         num_layers: searchable layers (L).
-        ops: candidate op names (K), each registered in ``nas_lightning.supernet.OPS``.
+        ops: candidate op names (K), each one of ``CHAIN_OPS``.
         C: channels of every layer.
         num_classes, in_channels, input_size: the data's shape.
         stem_stride: stride of the stem conv (2 halves the cost of every layer).
@@ -31,9 +36,9 @@ class ChainSpace(SearchSpace):
                  C: int = 16, num_classes: int = 10, in_channels: int = 1, input_size: int = 28,
                  stem_stride: int = 2, supernet_bn_affine: bool = False) -> None:
         super().__init__()
-        unknown = [o for o in ops if o not in OPS]
+        unknown = [o for o in ops if o not in CHAIN_OPS]
         if unknown:
-            raise ValueError(f"ChainSpace ops {unknown} are not registered; known ops: {list(OPS)}")
+            raise ValueError(f"ChainSpace ops {unknown} are unknown; known ops: {list(CHAIN_OPS)}")
         if num_layers < 1 or len(ops) < 1 or len(set(ops)) != len(ops):
             raise ValueError(f"ChainSpace needs num_layers >= 1 and distinct ops, got {num_layers}, {list(ops)}")
         self.num_layers, self.ops, self.C = num_layers, tuple(ops), C
@@ -41,20 +46,17 @@ class ChainSpace(SearchSpace):
         self.stem_stride, self.supernet_bn_affine = stem_stride, supernet_bn_affine
 
     @cached_property
+    @override
     def decisions(self) -> list[Decision]:  # type: ignore[override]
         return [Decision(f"layer{i}", self.ops) for i in range(self.num_layers)]
 
+    @override
     def format(self, choices: Sequence[str]) -> str:
         return "|" + "|".join(choices) + "|"
 
+    @override
     def parse(self, text: str) -> list[str]:
         if not (text.startswith("|") and text.endswith("|")) or len(text) < 3:
             example = self.format(self.ops[:1] * self.num_layers)
             raise ArchFormatError(f"chain arch {text!r} must read '|op|op|...|', e.g. {example!r}")
         return text[1:-1].split("|")
-
-    def build_supernet(self) -> ChainNetwork:
-        return ChainNetwork(self, None, bn_affine=self.supernet_bn_affine)
-
-    def build_network(self, arch: Arch) -> ChainNetwork:
-        return ChainNetwork(self, self.decode(arch), bn_affine=True)

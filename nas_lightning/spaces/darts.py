@@ -8,6 +8,9 @@ pair uniformly among the C(j, 2) pairs and each op uniformly among the 8. Decisi
 ``normal`` then ``reduce``, for node 2..5: ``{cell}.{node}.op_a`` (op on the edge from parent a),
 ``{cell}.{node}.op_b`` (op on the edge from parent b), ``{cell}.{node}.parents`` (``"a,b"`` with
 a < b, the pairs in lexicographic order): 24 decisions, (8^8 * 1 * 3 * 6 * 10)^2 ~ 9.1e18 archs.
+The choice names are strings (the arch string is the official format); the network gets the typed
+values: ``genotype(arch)`` gives per cell type one ``Gene`` (two ``Edge(op, parent)``) per node, and
+``cell_edges`` the ops each ``(node, parent)`` edge holds.
 
 Grammar of an arch string: the DARTS ``Genotype`` repr (the authors' ``genotypes.py``)::
 
@@ -25,21 +28,59 @@ evaluates the text.
 from __future__ import annotations
 
 import ast
+import itertools
 from collections.abc import Sequence
-from functools import cached_property
-from typing import Any
+from functools import cache, cached_property
+from typing import Any, NamedTuple
+
+from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
-from nas_lightning.supernet.darts import (
-    DARTS_CELL_TYPES,
-    DARTS_NODES,
-    DartsNetwork,
-    genes_from_choices,
-    pair_name,
-    parent_pairs,
+
+#: The DARTS ``PRIMITIVES``, in the authors' order.
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
 )
-from nas_lightning.supernet.darts_ops import DARTS_PRIMITIVES
+#: The two cell genotypes, in arch order.
+DARTS_CELL_TYPES: tuple[str, ...] = ("normal", "reduce")
+#: Intermediate nodes of a cell; nodes 0 and 1 are the (preprocessed) outputs of the two previous cells.
+DARTS_NODES: tuple[int, ...] = (2, 3, 4, 5)
+#: Decisions per node, in arch order: op on the edge from the smaller parent, op on the edge from the
+#: larger parent (in the order the genotype string lists them), then the parent pair.
+DECISIONS_PER_NODE = 3
+
+
+class ParentPair(NamedTuple):
+    """The two distinct parents ``a < b`` of a node; ``str`` gives the choice name ``"a,b"``."""
+
+    a: int
+    b: int
+
+    @override
+    def __str__(self) -> str:
+        return f"{self.a},{self.b}"
+
+
+class Edge(NamedTuple):
+    """One input edge of a node: its op and the node it reads (0 and 1 are the cell's inputs)."""
+
+    op: str
+    parent: int
+
+
+class Gene(NamedTuple):
+    """One intermediate node of a genotype: its two input edges, the smaller parent's first."""
+
+    a: Edge
+    b: Edge
+
+
+@cache
+def parent_pairs(node: int) -> tuple[ParentPair, ...]:
+    """All unordered pairs of distinct predecessors of ``node``, in lexicographic order (the choice order)."""
+    return tuple(ParentPair(a, b) for a, b in itertools.combinations(range(node), 2))
 
 #: The DARTS (second order) CIFAR-10 cell, as published in the authors' ``genotypes.py`` (``DARTS_V2``).
 DARTS_V2_GENOTYPE = (
@@ -94,23 +135,50 @@ class DartsSpace(SearchSpace):
         return frozenset({self.layers // 3, 2 * self.layers // 3})
 
     @cached_property
+    @override
     def decisions(self) -> list[Decision]:  # type: ignore[override]
         decisions = []
         for cell in DARTS_CELL_TYPES:
             for node in DARTS_NODES:
                 decisions.append(Decision(f"{cell}.{node}.op_a", DARTS_PRIMITIVES))
                 decisions.append(Decision(f"{cell}.{node}.op_b", DARTS_PRIMITIVES))
-                decisions.append(Decision(f"{cell}.{node}.parents", tuple(pair_name(p) for p in parent_pairs(node))))
+                decisions.append(Decision(f"{cell}.{node}.parents", tuple(str(p) for p in parent_pairs(node))))
         return decisions
 
+    def genotype(self, arch: Arch) -> dict[str, tuple[Gene, ...]]:
+        """Per cell type, the genes of its nodes 2..5 in order, typed from the arch's choice indices."""
+        return self._genotype(arch.indices)
+
+    def cell_edges(self, cell_type: str, arch: Arch | None = None) -> dict[tuple[int, int], tuple[str, ...]]:
+        """The ops that a cell of ``cell_type`` holds on each ``(node, parent)`` edge: every op on every edge
+        (``arch`` None, the supernet) or the arch's op on each of its two edges per node. Ordered by node,
+        then parent."""
+        if arch is None:
+            return {(node, src): DARTS_PRIMITIVES for node in DARTS_NODES for src in range(node)}
+        genes = self.genotype(arch)[cell_type]
+        return {(node, e.parent): (e.op,) for node, gene in zip(DARTS_NODES, genes) for e in gene}
+
+    def _genotype(self, indices: Sequence[int]) -> dict[str, tuple[Gene, ...]]:
+        genotype: dict[str, tuple[Gene, ...]] = {}
+        for c, cell in enumerate(DARTS_CELL_TYPES):
+            genes = []
+            for n, node in enumerate(DARTS_NODES):
+                i_a, i_b, i_pair = indices[(c * len(DARTS_NODES) + n) * DECISIONS_PER_NODE:][:DECISIONS_PER_NODE]
+                pair = parent_pairs(node)[i_pair]
+                genes.append(Gene(Edge(DARTS_PRIMITIVES[i_a], pair.a), Edge(DARTS_PRIMITIVES[i_b], pair.b)))
+            genotype[cell] = tuple(genes)
+        return genotype
+
+    @override
     def format(self, choices: Sequence[str]) -> str:
-        genes = genes_from_choices(choices)
+        genotype = self._genotype([d.choices.index(c) for c, d in zip(choices, self.decisions)])
         fields = []
         for cell in DARTS_CELL_TYPES:
-            edges = ", ".join(f"({op!r}, {src})" for gene in genes[cell] for src, op in gene)
+            edges = ", ".join(f"({e.op!r}, {e.parent})" for gene in genotype[cell] for e in gene)
             fields.append(f"{cell}=[{edges}], {cell}_concat={_CONCAT}")
         return f"Genotype({', '.join(fields)})"
 
+    @override
     def parse(self, text: str) -> list[str]:
         try:
             call = ast.parse(text, mode="eval").body
@@ -137,14 +205,8 @@ class DartsSpace(SearchSpace):
                         f"node {node} of the {cell} cell in {text!r} has parents {a} and {b}; "
                         f"it needs two distinct parents among 0..{node - 1}"
                     )
-                choices += [op_a, op_b, pair_name((a, b))]
+                choices += [op_a, op_b, str(ParentPair(a, b))]
         return choices
-
-    def build_supernet(self) -> DartsNetwork:
-        return DartsNetwork(self, None, bn_affine=self.supernet_bn_affine)
-
-    def build_network(self, arch: Arch) -> DartsNetwork:
-        return DartsNetwork(self, self.decode(arch), bn_affine=True)
 
 
 def _literal(node: ast.expr, what: str, text: str) -> Any:

@@ -1,10 +1,12 @@
-"""The ProxylessNAS / PC-NAS MobileNet space (PC-NAS, arXiv:1910.02543, appendix A.1; SPEC.md "MobileNet").
+"""The ProxylessNAS / PC-NAS MobileNet space (PC-NAS, arXiv:1910.02543, appendix A.1; docs/design_choices.md,
+"Search spaces").
 
-Macro structure (SPEC.md, after ProxylessNAS arXiv:1812.00332): stem 3x3 conv of 32 channels, stride 2,
-BN + ReLU6; a fixed MBConv1 3x3 to 16 channels; six stages of widths 24, 40, 80, 96, 192, 320 and depths
-4, 4, 4, 4, 4, 1 (21 searchable layers) whose first layers have strides 2, 2, 2, 1, 2, 1; a 1x1 conv to
-1280, pooling and the classifier. ``width_mult`` scales every width, rounded by ``make_divisible(8)``
-(SPEC.md; ProxylessNAS itself keeps the 1280 head for multipliers below 1).
+Macro structure (docs/design_choices.md, "Search spaces", after ProxylessNAS arXiv:1812.00332): stem 3x3
+conv of 32 channels, stride 2, BN + ReLU6; a fixed MBConv1 3x3 to 16 channels; six stages of widths 24, 40,
+80, 96, 192, 320 and depths 4, 4, 4, 4, 4, 1 (21 searchable layers) whose first layers have strides 2, 2, 2,
+1, 2, 1; a 1x1 conv to 1280, pooling and the classifier. ``width_mult`` scales every width, rounded by
+``make_divisible(8)`` (docs/design_choices.md, "Search spaces"; ProxylessNAS itself keeps the 1280 head for
+multipliers below 1).
 
 Ops per layer (Table 4): the small space has ``MBConv_{e}_{k}`` for e in {1, 3, 6}, k in {3, 5, 7}, plus
 ``Identity`` (10 choices); the large space adds ``NConv_1_3, NConv_2_3, DConv_1_3, DConv_2_3, RConv_{1,2,4}_5,
@@ -31,10 +33,9 @@ from typing import Any, Literal
 
 from timm.layers import make_divisible
 from torch import nn
+from typing_extensions import override
 
-from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
-from nas_lightning.supernet.mobilenet import MobileNetNetwork, build_head, build_op, build_stem
 
 MOBILENET_SMALL_OPS: tuple[str, ...] = (
     "MBConv_1_3", "MBConv_3_3", "MBConv_6_3", "MBConv_1_5", "MBConv_3_5", "MBConv_6_5",
@@ -123,6 +124,7 @@ class MobileNetSpace(SearchSpace):
         return layers
 
     @cached_property
+    @override
     def decisions(self) -> list[Decision]:  # type: ignore[override]
         ops = _VARIANT_OPS[self.variant]
         return [
@@ -132,6 +134,7 @@ class MobileNetSpace(SearchSpace):
         ]
 
     # --- arch strings ------------------------------------------------------------------------------
+    @override
     def format(self, choices: Sequence[str]) -> str:
         stages, start = [], 0
         for depth in self.depths:
@@ -139,6 +142,7 @@ class MobileNetSpace(SearchSpace):
             start += depth
         return "|".join(stages)
 
+    @override
     def parse(self, text: str) -> list[str]:
         stages = text.split("|")
         if len(stages) != len(self.depths) or [len(s.split("-")) for s in stages] != self.depths:
@@ -149,26 +153,20 @@ class MobileNetSpace(SearchSpace):
             )
         return [op for stage in stages for op in stage.split("-")]
 
-    # --- builders ----------------------------------------------------------------------------------
-    def build_supernet(self) -> MobileNetNetwork:
-        return MobileNetNetwork(self, None, bn_affine=self.supernet_bn_affine)
-
-    def build_network(self, arch: Arch) -> MobileNetNetwork:
-        return MobileNetNetwork(self, self.decode(arch), bn_affine=True)
-
-    # --- parts on their own (the latency table measures these) ---------------------------------------
+    # --- parts on their own (the latency table measures these), built by the registered network ------
     def layer_input_shape(self, decision: int) -> tuple[int, int, int]:
         layer = self.layers[decision]
         return (layer.c_in, layer.input_size, layer.input_size)
 
     def build_layer_op(self, decision: int, op: str) -> nn.Module:
-        return build_op(self, decision, op)
+        return self.network_class.build_op(self, decision, op)  # type: ignore[attr-defined]
 
     def build_fixed_parts(self) -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
         """The non-searchable parts with their input shapes: the stem (with the fixed MBConv1) and the head."""
         last = self.layers[-1]
         head_size = -(-last.input_size // last.stride)
+        network = self.network_class
         return {
-            "stem": (build_stem(self), self.input_shape),
-            "head": (build_head(self), (last.c_out, head_size, head_size)),
+            "stem": (network.build_stem(self), self.input_shape),  # type: ignore[attr-defined]
+            "head": (network.build_head(self), (last.c_out, head_size, head_size)),  # type: ignore[attr-defined]
         }

@@ -23,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cached_property
 
+from typing_extensions import override
+
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
-from nas_lightning.supernet.nb201 import NB201_EDGES, NB201Network
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+#: (to_node, from_node) of the six edges of a cell, in arch-string (and decision) order.
+NB201_EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
 
 
 class NB201Space(SearchSpace):
@@ -53,9 +56,11 @@ class NB201Space(SearchSpace):
         self.supernet_bn_affine = supernet_bn_affine
 
     @cached_property
+    @override
     def decisions(self) -> list[Decision]:  # type: ignore[override]
         return [Decision(f"{to}<-{src}", NB201_OPS) for to, src in NB201_EDGES]
 
+    @override
     def format(self, choices: Sequence[str]) -> str:
         groups = []
         for node in (1, 2, 3):
@@ -63,6 +68,7 @@ class NB201Space(SearchSpace):
             groups.append("|" + "|".join(edges) + "|")
         return "+".join(groups)
 
+    @override
     def parse(self, text: str) -> list[str]:
         groups = text.split("+")
         if len(groups) != 3:
@@ -124,12 +130,7 @@ class NB201Space(SearchSpace):
             reps.setdefault(self.isomorphism_key(arch), arch)
         return reps
 
+    @override
     def canonical(self, arch: Arch) -> Arch:
         """The first arch (in ``enumerate`` order) equivalent to ``arch``; 4,930 distinct ones in all."""
         return self._representatives[self.isomorphism_key(arch)]
-
-    def build_supernet(self) -> NB201Network:
-        return NB201Network(self, None, bn_affine=self.supernet_bn_affine)
-
-    def build_network(self, arch: Arch) -> NB201Network:
-        return NB201Network(self, self.decode(arch), bn_affine=True)

@@ -2,22 +2,22 @@
 
 A supernet holds the weights of every choice and ``forward(x, arch)`` runs one path. A stand-alone
 network is the same class built with one candidate per decision and its arch fixed, so that
-``export(arch)`` copies weights by name and the two compute the same function.
+``export(arch)`` copies weights by name and the two compute the same function. Every network names
+its parts ``stem``, ``body`` (the searchable part, with the fixed blocks between its stages) and ``head``.
+A network class serves a space class once registered with ``@NETWORKS.register(SpaceClass)``
+(``nas_lightning.spaces.NETWORKS``); the space then builds it as ``cls(space, fixed_arch, bn_affine=...)``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
-
-if TYPE_CHECKING:
-    from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.spaces.base import SearchSpace
 
 
 class Supernet(nn.Module, ABC):
@@ -33,6 +33,7 @@ class Supernet(nn.Module, ABC):
             return list(choices)
         return [choices[self.fixed_arch.indices[decision]]]
 
+    @override
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         if arch is None:
             if self.fixed_arch is None:
@@ -40,11 +41,11 @@ class Supernet(nn.Module, ABC):
             arch = self.fixed_arch
         elif self.fixed_arch is not None and arch != self.fixed_arch:
             raise ValueError(f"this network is fixed to {self.fixed_arch}, cannot run {arch}")
-        return self.forward_path(x, self.space.choice_names(arch))
+        return self.forward_path(x, arch)
 
     @abstractmethod
-    def forward_path(self, x: torch.Tensor, choices: Sequence[str]) -> torch.Tensor:
-        """Run the path that ``choices`` (one name per decision) selects."""
+    def forward_path(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
+        """Run the path that ``arch`` selects (typed by the space: choice names, genes)."""
 
     def export(self, arch: Arch) -> nn.Module:
         """A stand-alone network of ``arch`` holding this supernet's weights (inherited weights).

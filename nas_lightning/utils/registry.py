@@ -1,44 +1,51 @@
-"""A name -> class registry (the mmengine / timm idea): arch strings name ops, registries build them."""
+"""A key -> builder registry (the mmengine / timm idea): arch strings name ops, registries build them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
+K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    """Maps short names to builders. A duplicate name is an error naming who registered it first."""
+def _label(key: object) -> str:
+    return key.__qualname__ if isinstance(key, type) else str(key)
+
+
+class Registry(Generic[K, T]):
+    """Maps keys (short op names, or space classes) to builders. A duplicate key is an error naming who
+    registered it first."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
+        self._entries: dict[K, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, key: K) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            if name in self._entries:
-                first = self._entries[name]
+            if key in self._entries:
+                first = self._entries[key]
                 raise KeyError(
-                    f"{self.kind} {name!r} is already registered by "
+                    f"{self.kind} {_label(key)!r} is already registered by "
                     f"{getattr(first, '__module__', '?')}.{getattr(first, '__qualname__', first)}"
                 )
-            self._entries[name] = obj
+            self._entries[key] = obj
             return obj
 
         return decorator
 
-    def get(self, name: str) -> T:
+    def get(self, key: K) -> T:
         try:
-            return self._entries[name]
+            return self._entries[key]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}") from None
+            known = ", ".join(sorted(_label(k) for k in self._entries))
+            raise KeyError(f"unknown {self.kind} {_label(key)!r}; known: {known}") from None
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+    def __iter__(self) -> Iterator[K]:
+        return iter(sorted(self._entries, key=_label))
 
     def __len__(self) -> int:
         return len(self._entries)
