@@ -3,12 +3,14 @@
     python benchmarks/projected_step.py [--C 16 --N 5 --batch 64 --steps 10 --rounds 3 --threads 1]
 
 The projected step is what DI-NAS's ``OrthogonalProjector`` (arXiv:2003.13089, eqs. 6-8) adds to a
-step: forward with the input recorder on, backward, eq. 6 on every gradient (G @ P), the SGD step,
-then the step's features folded into P (eq. 8, block Woodbury, ``--max-patches`` patches per conv).
+step: forward with the input recorder on, backward, a copy of the projected layers' weights, the SGD
+step (momentum 0.9, weight decay 5e-4), eq. 6 on the update it applied (dW @ P), then the step's features
+folded into P (eq. 8, block Woodbury, ``--max-patches`` patches per conv; alpha relative to each layer's
+feature energy).
 The plain step is forward, backward, SGD. Both run on copies of one NAS-Bench-201 supernet, on the
 same seeded arch sequence and batch, interleaved round by round so that both see the same machine
 load; after a warm-up that gives every layer on the sampled paths its P. Prints the median step times
-and their ratio, and the time of the projection and the P update alone (less sensitive to machine load
+and their ratio, and the time of the weight copy, the projection and the P update alone (less sensitive to machine load
 than the ratio).
 """
 
@@ -22,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nas_lightning.projection import OrthogonalProjector
+from nas_lightning.projection import DEFAULT_ALPHA, OrthogonalProjector
 from nas_lightning.spaces import NB201Space
 from nas_lightning.utils import step_generator
 
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=1e-3)
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     parser.add_argument("--max-patches", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -54,7 +56,7 @@ def main() -> None:
     projector = OrthogonalProjector(alpha=args.alpha, layers="all", max_patches=args.max_patches, seed=args.seed)
     projector.attach(proj_net)
     step = {"plain": 0, "proj": 0}
-    extra: list[float] = []  # per projected step: the time of eq. 6 and eq. 8 alone
+    extra: list[float] = []  # per projected step: the time of the weight copy, eq. 6 and eq. 8 alone
 
     def arch_of(t: int):
         return space.sample(step_generator(args.seed, "bench-arch", t))
@@ -72,7 +74,7 @@ def main() -> None:
         F.cross_entropy(proj_net(x, arch_of(t)), y).backward()
         projector.stop_recording()
         t0 = time.perf_counter()
-        projector.project(t)
+        projector.before_optimizer_step(t)
         t1 = time.perf_counter()
         opt_proj.step()
         t2 = time.perf_counter()
@@ -104,7 +106,7 @@ def main() -> None:
               f"ratio {proj_times[-1] / plain_times[-1]:.3f}")
     plain, proj = statistics.median(plain_times), statistics.median(proj_times)
     print(f"projected / plain step time: {proj / plain:.3f} (median of {args.rounds} rounds of {args.steps} steps)")
-    print(f"projection + P update alone: {statistics.median(extra) * 1e3:.1f} ms per step (median), "
+    print(f"weight copy + projection + P update alone: {statistics.median(extra) * 1e3:.1f} ms per step (median), "
           f"{statistics.median(extra) / plain:.3f} of a plain step")
 
 

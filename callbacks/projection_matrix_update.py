@@ -3,10 +3,15 @@ Algorithm 1 lines 9-10, eqs. 6-8) in a Lightning run: a thin callback around
 ``nas_lightning.projection.OrthogonalProjector``, which holds the algorithm and its state (P).
 
 - ``on_train_batch_start``: record the layer inputs of a folding step.
-- ``on_before_optimizer_step``: gradients become G @ P (eq. 6), after AMP unscaling and before clipping,
-  momentum and weight decay.
-- ``on_train_batch_end``, after the step: the step's mean inputs (summed over DDP ranks) are folded into
-  P (eqs. 7-8).
+- ``on_before_optimizer_step`` (after backward, AMP unscaling and every accumulated micro-batch): keep the
+  projected layers' weights as they are before the step.
+- ``on_train_batch_end``, after the optimiser step (Lightning runs it in between, in automatic
+  optimisation): the update the optimiser applied, after momentum and weight decay, is replaced by its
+  projection (eq. 6), then the step's mean inputs (summed over DDP ranks) are folded into P (eqs. 7-8). A
+  step AMP's scaler skipped (non-finite gradients: its scale fell) is neither projected nor folded.
+  Every ``log_every_n_steps`` steps, each layer's surviving share |update after projection| / |update
+  before| goes to the loggers as ``projection/surviving/<layer>`` (and their mean as
+  ``projection/surviving_mean``).
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from torch import nn
 from typing_extensions import override
 
 from nas_lightning.projection.projector import (
+    DEFAULT_ALPHA,
     OrthogonalProjector,
     ProjectedSteps,
+    amp_step_applied,
     fold_features,
     mean_inputs,
     select_layers,
@@ -39,6 +46,12 @@ def _setting(name: str) -> property:
     return property(lambda self: getattr(self.projector, name), doc=f"The projector's ``{name}``.")
 
 
+def _amp_scale(trainer: pl.Trainer) -> float | None:
+    """The loss scale of AMP's gradient scaler, None without one (fp32, bf16)."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None
+
+
 def _supernet(pl_module: pl.LightningModule) -> nn.Module:
     supernet = getattr(pl_module, "supernet", None)
     if not isinstance(supernet, nn.Module):
@@ -50,7 +63,8 @@ def _supernet(pl_module: pl.LightningModule) -> nn.Module:
 class ProjectionMatrixUpdate(pl.Callback):
     """Orthogonal gradient projection of ``pl_module.supernet``'s shared weights (DI-NAS eqs. 6-8).
 
-    The arguments are ``OrthogonalProjector``'s (alpha: the regulariser of eqs. 7-8; alpha_decay: OWM's
+    The arguments are ``OrthogonalProjector``'s (alpha: the regulariser of eqs. 7-8, relative to each layer's
+    feature energy unless ``alpha_scale="absolute"``; alpha_decay: OWM's
     alpha0 ** progress schedule, which needs a finite ``max_steps``/``max_epochs``; every_n_steps: fold
     after every n-th optimiser step; layers: which layer types are projected; max_patches: conv patches
     folded per layer and step; seed: of the patch subsample; alpha_linear: the Linear layers' own alpha).
@@ -60,6 +74,7 @@ class ProjectionMatrixUpdate(pl.Callback):
     alpha = _setting("alpha")
     alpha_decay = _setting("alpha_decay")
     alpha_linear = _setting("alpha_linear")
+    alpha_scale = _setting("alpha_scale")
     every_n_steps = _setting("every_n_steps")
     layers = _setting("layers")
     max_patches = _setting("max_patches")
@@ -67,13 +82,14 @@ class ProjectionMatrixUpdate(pl.Callback):
     P = _setting("P")
     updates = _setting("updates")
 
-    def __init__(self, alpha: float = 1e-3, alpha_decay: bool = False, every_n_steps: int = 1,
+    def __init__(self, alpha: float = DEFAULT_ALPHA, alpha_decay: bool = False, every_n_steps: int = 1,
                  layers: Literal["all", "conv", "linear"] = "all", max_patches: int = 16, seed: int = 0,
-                 alpha_linear: float | None = None) -> None:
+                 alpha_linear: float | None = None, alpha_scale: Literal["energy", "absolute"] = "energy") -> None:
         self.projector = OrthogonalProjector(alpha=alpha, alpha_decay=alpha_decay, every_n_steps=every_n_steps,
                                              layers=layers, max_patches=max_patches, seed=seed,
-                                             alpha_linear=alpha_linear)
+                                             alpha_linear=alpha_linear, alpha_scale=alpha_scale)
         self.enabled = True  # False for a method that asks for no projection (DINAS(projection=False))
+        self._scale: float | None = None  # AMP's loss scale before the step, if a scaler is in use
 
     @property
     @override
@@ -107,14 +123,19 @@ class ProjectionMatrixUpdate(pl.Callback):
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if self.enabled:
-            self.projector.project(trainer.global_step, optimizer)  # skips another optimiser (e.g. a controller's)
+        # False for another optimiser (e.g. a controller's): nothing of ours to project
+        if self.enabled and self.projector.before_optimizer_step(trainer.global_step, optimizer):
+            self._scale = _amp_scale(trainer)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self.enabled:
-            self.projector.end_step(partial(reduce_sum, trainer=trainer))  # no-op while accumulating
+        if self.enabled:  # no-op while accumulating micro-batches
+            applied, self._scale = amp_step_applied(self._scale, _amp_scale(trainer)), None
+            step, metrics = self.projector.finish_step(partial(reduce_sum, trainer=trainer), applied,
+                                                       trainer.log_every_n_steps if trainer.loggers else 0)
+            for logger in trainer.loggers if metrics else ():
+                logger.log_metrics(metrics, step=step)
 
     def disturbance_step_rule(self, trainer: pl.Trainer) -> Callable[[nn.Module], ProjectedSteps]:
         """A ``StepRule`` factory for ``DisturbanceMetrics``: its matrix trains a copy of the supernet with

@@ -5,9 +5,10 @@
 
 Builds the run's method and data from its configs (as ``nas-lightning fit`` would), loads the checkpoint's
 weights, and trains ``--archs`` archs one step each, in sequence, on a copy of the supernet, recording every
-arch's validation accuracy after each step. The copy trains with the method's own step: with a checkpointed
-projection callback (DI-NAS's ``ProjectionMatrixUpdate``, whose state is an ``OrthogonalProjector``'s), the
-gradients are projected with the checkpoint's P at the method's alpha (arXiv:2003.13089, eqs. 6-8).
+arch's validation accuracy after each step. The copy trains with the method's own step: with a projection
+callback among the configs' trainer callbacks (DI-NAS's ``ProjectionMatrixUpdate``, whose state is an
+``OrthogonalProjector``'s), each applied update is projected with the checkpoint's P at the callback's alpha
+(arXiv:2003.13089, eqs. 6-8).
 Prints the mean absolute change that training one arch causes in the *other* archs' accuracy (the
 disturbance) and the mean change of the trained arch itself, and writes the matrix as CSV and PNG.
 """
@@ -48,11 +49,11 @@ def main() -> None:
     val = list(data.val_dataloader())
     archs = draw_archs(model.space, args.archs, step_generator(args.seed, "disturbance_matrix", 0))
 
-    # The method's own projection callback (DI-NAS builds it from its arguments), with the checkpoint's P.
+    # The run's projection callback (DI-NAS's ProjectionMatrixUpdate, from the configs' trainer callbacks), with the
+    # checkpoint's P; none for a method that turns it off (DINAS(projection=False)) or has none.
     rule: Callable[[torch.nn.Module], ProjectedSteps] | None = None
-    projection = [cb for cb in model.configure_callbacks() if isinstance(getattr(cb, "projector", None),
-                                                                          OrthogonalProjector)]
-    if projection:
+    projection = [cb for cb in cli.trainer.callbacks if isinstance(getattr(cb, "projector", None), OrthogonalProjector)]
+    if projection and getattr(model, "projection", True):
         cb = projection[0]
         cb.load_state_dict(ckpt["callbacks"][cb.state_key])
         rule = partial(cb.projector.projected_steps, progress=1.0)  # alpha as at the end of training (decay included)

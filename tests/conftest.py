@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas_lightning.spaces import ChainSpace, DartsSpace, MobileNetSpace, NB201Space, SearchSpace
+from nas_lightning.spaces import ChainSpace, DartsSpace, DeeperInsightsSpace, MobileNetSpace, NB201Space, SearchSpace
 
 # The tests run tiny convolutions, where a second thread costs more than it gains (and on a loaded
 # 2-core machine, far more).
@@ -18,6 +18,7 @@ SMALL_SPACES: dict[str, callable] = {
     "darts": lambda: DartsSpace(C=4, layers=3, num_classes=5, in_channels=1, input_size=8),
     "mobilenet": lambda: MobileNetSpace("large", width_mult=0.25, num_classes=5, in_channels=1, input_size=8,
                                         depths=[1, 2, 1, 1, 1, 1]),
+    "deeper_insights": lambda: DeeperInsightsSpace(C=4, num_cells=2, num_classes=5, in_channels=1, input_size=8),
 }
 
 

@@ -154,3 +154,16 @@ def test_the_space_takes_classes_and_image_shape_from_the_data(tmp_path: Path) -
     with pytest.raises(ValueError, match=r"space.init_args.input_size=32 but the data gives image_size=12"):
         NASLightningCLI(["-c", str(write_config(tmp_path)), "--model.init_args.space.init_args.input_size=32"],
                         run=False)
+
+
+def test_ground_truth_on_the_supernet_val_split(tmp_path: Path) -> None:
+    """``--split val`` measures GT on the supernet-val split (the fit itself runs no validation)."""
+    space = {"class_path": "nas_lightning.spaces.ChainSpace",
+             "init_args": {"num_layers": 1, "ops": ["nor_conv_1x1", "skip_connect"], "C": 4}}
+    out = tmp_path / "gt.csv"
+    main(["ground-truth", "--space", json.dumps(space), "--data", json.dumps(DATA), "--all_archs", "true",
+          "--seeds", "[0]", "--max_epochs", "1", "--output", str(out), "--accelerator", "cpu", "--progress", "false",
+          "--split", "val"])
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(0.0 <= float(r["accuracy"]) <= 100.0 for r in rows)

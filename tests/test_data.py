@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import struct
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -18,7 +20,8 @@ from nas_lightning.data import (
     SyntheticDataModule,
 )
 from nas_lightning.data import fashion_mnist as fashion_mnist_module
-from nas_lightning.data.base import cutout
+from nas_lightning.data.base import GlobalBatchSampler, TensorImageDataset, cutout
+from nas_lightning.data.batch_source import BatchSource, seeded_batches
 from nas_lightning.data.idx import read_idx
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -291,6 +294,107 @@ def test_training_batches_are_augmented_and_validation_batches_are_not(tmp_path:
     assert len(seen.train) == 2
     assert all(not torch.equal(s, r[0]) for s, r in zip(seen.train, raw))  # augmented on the way in
     assert torch.equal(dm.on_after_batch_transfer(raw[0], 0)[0], raw[0][0])  # no trainer is training now
+
+
+# -- Evaluation batches and the number of processes ---------------------------------------------------------------
+
+
+def _small(**kw) -> SyntheticDataModule:
+    # 25 supernet-val images (eval batches 7, 7, 7, 4), 30 test images (7, 7, 7, 7, 2), 75 supernet-train images.
+    return SyntheticDataModule(num_classes=4, image_size=4, num_train=100, num_test=30, batch_size=8,
+                               eval_batch_size=7, val_fraction=0.25, **kw)
+
+
+def _on(dm: SyntheticDataModule, world: int, rank: int) -> SyntheticDataModule:
+    """``dm`` set up as rank ``rank`` of ``world`` processes (the loaders read only these two numbers)."""
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)  # type: ignore[assignment]
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize(("n", "batch", "world"), [(100, 11, 2), (101, 10, 2), (23, 5, 3), (40, 8, 4), (7, 7, 1)])
+def test_global_batches_split_over_ranks_hold_every_image_once(n: int, batch: int, world: int) -> None:
+    dataset = TensorImageDataset(torch.zeros(n, 1, 1, 1), torch.zeros(n))
+    per_rank = [list(GlobalBatchSampler(dataset, batch, world, r)) for r in range(world)]
+    whole = [list(range(start, min(start + batch, n))) for start in range(0, n, batch)]
+    for r, batches in enumerate(per_rank):
+        assert len(GlobalBatchSampler(dataset, batch, world, r)) == len(whole) and all(batches)  # none empty
+        assert batches == [g[r::world] for g in whole if g[r::world]]
+    # Lightning's limit_val_batches=N takes each rank's first N batches: together, the first N global batches.
+    for limit in range(1, len(whole) + 1):
+        seen = [i for batches in per_rank for b in batches[:limit] for i in b]
+        assert sorted(seen) == list(range(min(limit * batch, n)))  # each image once, nothing padded
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_eval_loaders_give_each_rank_its_slice_of_the_one_process_batches(split: str) -> None:
+    whole = list(getattr(_on(_small(), 1, 0), f"{split}_dataloader")())
+    assert [len(y) for _, y in whole] == ([7, 7, 7, 4] if split == "val" else [7, 7, 7, 7, 2])
+    for rank in range(3):
+        mine = list(getattr(_on(_small(), 3, rank), f"{split}_dataloader")())
+        expected = [(x[rank::3], y[rank::3]) for x, y in whole if len(y[rank::3])]  # rank 2 has no test slice of 2
+        assert len(mine) == len(expected)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(mine, expected))
+    # Unsharded on request, and the seeded (DI-NAS reward) batches are whole batches whatever loader they start from.
+    assert [len(y) for _, y in _on(_small(), 3, 1).eval_dataloader(split)] == [len(y) for _, y in whole]
+    sharded = _on(_small(), 3, 1).val_dataloader()
+    assert [len(y) for _, y in seeded_batches(sharded, 5, torch.Generator().manual_seed(0))] == [7] * 5
+
+
+def test_eval_batches_too_small_to_split_over_the_processes_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"eval_batch_size=2.*3 processes"):
+        _on(SyntheticDataModule(num_train=100, batch_size=8, eval_batch_size=2), 3, 0).val_dataloader()
+
+
+def test_calibration_batches_do_not_depend_on_the_number_of_processes() -> None:
+    first = list(_on(_small(), 1, 0).train_dataloader())[:3]  # the first batches one process trains on
+    for world, rank in ((1, 0), (2, 0), (2, 1), (3, 2)):
+        dm = _on(_small(), world, rank)
+        module = SimpleNamespace(_trainer=SimpleNamespace(datamodule=dm, world_size=world, global_rank=rank),
+                                 device=torch.device("cpu"))
+        calibration = BatchSource(module, calibration_batches=3).calibration()  # type: ignore[arg-type]
+        assert len(calibration) == 3
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(calibration, first))
+    sharded = next(iter(_on(_small(), 2, 1).train_dataloader()))  # while training is sharded
+    assert not torch.equal(sharded[0], first[0][0])
+
+
+def test_a_mid_epoch_position_from_another_number_of_processes_warns_that_the_data_order_changes() -> None:
+    dm = _small()
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.state_dict() == {"epoch": 0, "samples_seen": 0, "num_replicas": 1}  # the position's unit
+    loader.load_state_dict({"epoch": 0, "samples_seen": 16, "num_replicas": 2})
+    with pytest.warns(UserWarning, match=r"written by 2 process\(es\) on 1: the data order changes"):
+        list(loader)
+    loader.load_state_dict({"epoch": 0, "samples_seen": 16, "num_replicas": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(loader)) == 75 // 8 - 2  # the same number of processes: silent, resumed exactly
+
+
+def test_resuming_a_two_process_checkpoint_on_one_warns(tmp_path: Path) -> None:
+    """A mid-epoch checkpoint whose loader position says 2 processes (written by hand: a real 2-process run is
+    slow), resumed by ``fit`` on 1."""
+    from nas_lightning.methods import SPOS
+    from nas_lightning.spaces import ChainSpace
+
+    def run(steps: int, **kw) -> None:
+        model = SPOS(ChainSpace(num_layers=2, C=4, num_classes=4, in_channels=1, input_size=4), num_eval_archs=0)
+        pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
+                   callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)]
+                   ).fit(model, datamodule=_small(), **kw)
+
+    run(3)  # 9 batches an epoch: step 3 is mid-epoch
+    (path,) = tmp_path.glob("*step=3.ckpt")
+    checkpoint = torch.load(path, weights_only=False)
+    (position,) = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert position == {"epoch": 0, "samples_seen": 24, "num_replicas": 1}
+    position["num_replicas"] = 2
+    torch.save(checkpoint, path)
+    with pytest.warns(UserWarning, match="data order changes"):
+        run(5, ckpt_path=str(path))
 
 
 # -- Argument validation -------------------------------------------------------------------------------------------

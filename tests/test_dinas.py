@@ -236,6 +236,7 @@ def test_disturbance_matrix_trains_with_the_projection(full_run) -> None:
     projection = next(c for c in t.callbacks if isinstance(c, ProjectionMatrixUpdate))
     rule = factory(copy.deepcopy(model.supernet))
     assert isinstance(rule, ProjectedSteps) and rule.alpha == projection.alpha and set(rule.P) == set(projection.P)
+    assert rule.projector.alpha_scale == projection.alpha_scale == "energy"
     assert all(torch.equal(rule.P[n], projection.P[n]) and rule.P[n] is not projection.P[n] for n in rule.P)
     rule.close()
     plain = trainer(Path(t.default_root_dir), 1, [ControllerStep(start_epoch=5)], dinas=False)

@@ -45,7 +45,7 @@ from nas_lightning.metrics.disturbance import (
 from nas_lightning.metrics.disturbance_tracker import LOGGED, DisturbanceTracker
 from nas_lightning.metrics.ground_truth import load_ground_truth
 from nas_lightning.projection.layer_inputs import LayerInputRecorder
-from nas_lightning.projection.owm import LayerLayout, gradient_matrix
+from nas_lightning.projection.owm import LayerLayout, gradient_matrix, weight_matrix
 from nas_lightning.spaces import ChainSpace
 from nas_lightning.utils import step_generator
 
@@ -204,8 +204,9 @@ def test_matrix_runs_the_step_rule_on_its_copy_around_every_step() -> None:
 
 
 def test_projected_steps_project_with_a_copy_of_P_and_fold_each_steps_inputs() -> None:
-    """DI-NAS's rule on a copy: the gradient becomes G @ P (eq. 6) with the run's P, the step's mean input
-    is folded into the rule's own P afterwards (eq. 8), and the run's P is untouched."""
+    """DI-NAS's rule on a copy: the update the optimiser applies (SGD with momentum and weight decay) becomes
+    its projection dW @ P (eq. 6) with the run's P, the step's mean input is folded into the rule's own P
+    afterwards (eq. 8), and the run's P is untouched."""
     torch.manual_seed(0)
     sp = space()
     net = sp.build_supernet()
@@ -224,22 +225,32 @@ def test_projected_steps_project_with_a_copy_of_P_and_fold_each_steps_inputs() -
     snapshot = {n: p.clone() for n, p in run_P.items()}
 
     rule = ProjectedSteps(net, run_P, alpha=0.5, layers="all", max_patches=4, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    start = copy.deepcopy(net.state_dict())  # the weights the step's inputs were computed with
     rule.begin_step()
     F.cross_entropy(net(x, arch), y).backward()
     raw = {n: None if (g := gradient_matrix(m, layouts[n])) is None else g.clone() for n, m in layers.items()}
+    before = {n: weight_matrix(m, layouts[n]).clone() for n, m in layers.items()}
     rule.before_optimizer_step()
-    for name, module in layers.items():
-        if raw[name] is None:
-            assert module.weight.grad is None
-            continue
-        want = raw[name] @ run_P[name] if name in run_P else raw[name]
-        torch.testing.assert_close(gradient_matrix(module, layouts[name]), want)
+    opt.step()
+    # The optimiser's own update, before the rule replaces it with its projection.
+    stepped = {n: weight_matrix(m, layouts[n]).clone() for n, m in layers.items()}
     with torch.no_grad():
         net(x, arch)  # an evaluation pass between steps is not a feature
     rule.end_step()
     rule.close()
+    for name, module in layers.items():
+        applied = weight_matrix(module, layouts[name]) - before[name]
+        if raw[name] is None:
+            assert module.weight.grad is None and torch.equal(applied, torch.zeros_like(applied))
+            continue
+        update = stepped[name] - before[name]
+        want = update @ run_P[name] if name in run_P else update
+        torch.testing.assert_close(applied, want)
+        assert name not in run_P or not torch.allclose(applied, update)
 
     expected = {n: p.clone() for n, p in run_P.items()}
+    net.load_state_dict(start)
     layer_means = {}
     for name, module in layers.items():
         if raw[name] is not None:

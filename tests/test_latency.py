@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from typing_extensions import override
 
 import nas_lightning.latency.table as table_module
+import nas_lightning.spaces.base as space_base
 from nas_lightning.cli import main
 from nas_lightning.commands.measure_latency import latency_range
+from nas_lightning.latency import FlopsProxy
 from nas_lightning.latency.table import LatencyTable, LatencyTableMismatch, measure_latency
+from nas_lightning.spaces import ChainSpace, DartsSpace, NB201Space
+from nas_lightning.spaces.arch import Arch
+from nas_lightning.spaces.base import OpSite
+from nas_lightning.spaces.darts import DARTS_PRIMITIVES
 from nas_lightning.spaces.mobilenet import MobileNetSpace
 
 
@@ -128,3 +135,80 @@ def test_measure_latency_command_writes_a_table_that_loads(tmp_path: Path, capsy
         main(args)
     with pytest.raises(LatencyTableMismatch, match="width_mult"):
         LatencyTable.load(tiny(width_mult=0.5), out)
+
+
+# --- FLOPs proxy: the additive cost table ---------------------------------------------------------------------
+def test_flops_proxy_looks_fresh_archs_up_without_building_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PC-NAS asks the limit about S=900 fresh completions per candidate: after the first call (which computes the
+    cost table) FlopsProxy builds no network, and it gives exactly what counting each network gives."""
+    space = tiny(variant="large")
+    archs = space.sample_many(40, torch.Generator().manual_seed(0))
+    counted = [space.count_cost(a)[1] / 1e6 for a in archs]
+    model = FlopsProxy(space)
+    model(space.sample(torch.Generator().manual_seed(1)))
+
+    def no_network(arch: Arch) -> None:
+        raise AssertionError(f"FlopsProxy built the network of {arch.text}")
+
+    monkeypatch.setattr(space, "build_network", no_network)
+    assert [model(a) for a in archs] == counted
+
+
+def test_nb201_ops_on_zero_nodes_still_cost() -> None:
+    """Node 1 of these cells is zero (its only input is ``none``); the network still runs the conv that reads it,
+    so the table (an entry per edge, whatever the node) matches the count, which is not that of the isomorphism
+    class's representative."""
+    space = NB201Space(C=4, N=1, num_classes=5, in_channels=1, input_size=8)
+    table = space.cost_table()
+    assert table is not None
+    conv = space.decode("|none~0|+|none~0|nor_conv_3x3~1|+|none~0|nor_conv_1x1~1|nor_conv_3x3~2|")
+    dead = space.decode("|none~0|+|none~0|none~1|+|none~0|nor_conv_1x1~1|nor_conv_3x3~2|")
+    for arch in (conv, dead, space.canonical(conv)):
+        assert table(arch.indices) == space.count_cost(arch) == space.cost(arch)
+    assert space.flops(conv) > space.flops(dead) and space.params(conv) > space.params(dead)
+    assert space.canonical(conv) == space.canonical(dead)
+
+
+def test_darts_cost_is_not_additive_so_it_has_no_table() -> None:
+    """In a reduction cell, node 3's second edge reads node 1 (stride 2) or node 2 (stride 1), and a
+    ``skip_connect`` there is a ``FactorizedReduce`` or nothing: what the parents decision adds depends on the op
+    decision (an interaction), so no per-decision table can be exact."""
+    space = DartsSpace(C=4, layers=3, num_classes=5, in_channels=1, input_size=8)
+    assert space.cost_table() is None
+    names = [d.name for d in space.decisions]
+    pairs = space.decisions[names.index("reduce.3.parents")].choices
+
+    def arch(op_b: str, parents: str) -> Arch:
+        indices = [0] * space.num_decisions
+        indices[names.index("reduce.3.op_b")] = DARTS_PRIMITIVES.index(op_b)
+        indices[names.index("reduce.3.parents")] = pairs.index(parents)
+        return space.arch(indices)
+
+    def parents_effect(op_b: str) -> tuple[int, int]:
+        (p1, f1), (p2, f2) = space.cost(arch(op_b, "0,1")), space.cost(arch(op_b, "0,2"))
+        return p1 - p2, f1 - f2
+
+    assert parents_effect("none") == (0, 0)
+    params, flops = parents_effect("skip_connect")
+    assert params > 0 and flops > 0
+    assert space.cost(arch("skip_connect", "0,1")) == space.count_cost(arch("skip_connect", "0,1"))
+
+
+def test_a_cost_table_that_does_not_match_the_network_is_refused() -> None:
+    class StemStrideForgotten(ChainSpace):
+        @override
+        def op_sites(self, decision: int) -> list[OpSite]:
+            return [OpSite(self.C, self.C, 1, (self.C, self.input_size, self.input_size))]
+
+    space = StemStrideForgotten(num_layers=2, C=4, num_classes=5, in_channels=1, input_size=8, stem_stride=2)
+    with pytest.raises(RuntimeError, match=r"StemStrideForgotten\.op_sites does not describe its network"):
+        space.cost_table()
+
+
+def test_cost_cache_of_a_table_space_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PC-NAS draws millions of completions; their costs are cheap to look up again, so few are kept."""
+    monkeypatch.setattr(space_base, "TABLE_COST_CACHE_SIZE", 8)
+    space = tiny()
+    for arch in space.sample_many(30, torch.Generator().manual_seed(0)):
+        assert space.cost(arch) is space.cost(arch)
+        assert len(space._cost_cache) <= 8

@@ -1,6 +1,8 @@
-"""PC-NAS (arXiv:1910.02543): the pool shrinks as Algorithm 2 says (hand-worked), the latency limit
-holds for every completion, potentials (Algorithm 1) equal a plain per-completion evaluation, DDP
-ranks agree, a resumed run equals an uninterrupted one, and a short fit writes the final pool."""
+"""PC-NAS (arXiv:1910.02543): the pool shrinks as Algorithm 2 says (hand-worked, and on layers with
+different choice counts), training draws every pool member equally often, the latency limit holds for
+every completion, potentials (Algorithm 1) equal a plain per-completion evaluation and draw their batches
+afresh from the whole val split, DDP ranks agree, a resumed run equals an uninterrupted one, and a short
+fit writes the final pool."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+import nas_lightning.methods.pcnas as pcnas_module
 from callbacks.pool_shrinking import PoolShrinking
 from nas_lightning.data import SyntheticDataModule
 from nas_lightning.evaluation import evaluate_archs
@@ -83,6 +86,41 @@ def test_pool_shrinks_as_algorithm_2_on_a_hand_worked_table() -> None:
     assert restored.members == pool.members and restored.history == pool.history
 
 
+def test_extend_gives_each_layer_its_own_choices_when_choice_counts_differ() -> None:
+    """MobileNet layers that open a stage have no Identity (9 choices), the others have it (10), as in the
+    paper's space: extending layer l must use layer l's choices, not a neighbour's."""
+    space = MobileNetSpace("small", width_mult=0.25, num_classes=4, in_channels=1, input_size=8, stem_stride=1,
+                           depths=[1, 2, 1, 1, 1, 1])
+    sizes = [len(d.choices) for d in space.decisions]
+    assert sizes == [9, 9, 10, 9, 9, 9, 9]
+    # Additive table (ms): Identity is free, the MBConvs cost 1..9 in registry order.
+    cost = {op: 0.0 if op == "Identity" else 1.0 + MOBILENET_SMALL_OPS.index(op) for op in MOBILENET_SMALL_OPS}
+    table = LatencyTable.from_dict(space, {"metadata": {"space": space.config()}, "fixed": {"stem": 0.5},
+                                           "layers": [{op: cost[op] for op in d.choices} for d in space.decisions]})
+    pool, generator = PartialModelPool(), torch.Generator().manual_seed(0)
+    for layer, size in enumerate(sizes):
+        cands = pool.candidates(space)
+        assert cands == [(*m, c) for m in (pool.members or [()]) for c in range(size)]
+        assert {space.decisions[layer].choices[c[layer]] for c in cands} == set(space.decisions[layer].choices)
+        draws = draw_completions(space, cands, 3, 1, generator, LatencyLimit(table, 60.0))
+        assert not draws.dropped
+        assert all(a.indices[: layer + 1] == c for c, archs in zip(cands, draws.completions) for a in archs)
+        kept, result = next_pool(pool.members, space, lambda c: PotentialResult(
+            c, [float((7 * sum(x) + len(x)) % 11) for x in c], [[] for _ in c], [[] for _ in c], 0, 0), 2)
+        record = shrink_record(pool, space, result, kept, epoch=layer + 1)
+        assert record["decision"] == space.decisions[layer].name
+        pool.advance(kept, record)
+    assert pool.is_complete(space) and [len(r["candidates"]) for r in pool.history] == [9, 18, 20, 18, 18, 18, 18]
+    assert all(space.arch(m) for m in pool.members)
+
+    # The cheapest completion takes each free layer's own cheapest choice: Identity (free) only on layer 2.
+    limit = LatencyLimit(table, 60.0)
+    for prefix in [(), (3,), (3, 8), (3, 8, 9)]:
+        free = sum(min(cost[op] for op in d.choices) for d in space.decisions[len(prefix):])
+        fixed = sum(cost[space.decisions[d].choices[i]] for d, i in enumerate(prefix))
+        assert limit.cheapest_completion(space, prefix)[1] == pytest.approx(0.5 + fixed + free)
+
+
 # --- (b) the latency limit ----------------------------------------------------------------------------
 
 def test_every_sampled_and_potential_completion_meets_the_limit() -> None:
@@ -102,6 +140,33 @@ def test_every_sampled_and_potential_completion_meets_the_limit() -> None:
     assert all(model(a) <= 4.0 for c in draws.completions for a in c)
     assert all(a.indices[0] == i for i, c in enumerate(draws.completions) for a in c)
     assert draws.batch_ids[0] == [j % 3 for j in range(40)]
+
+
+def test_training_draws_every_pool_member_equally_often_whatever_its_share_of_valid_completions() -> None:
+    """Section 3.3: a pool member is drawn uniformly, then completed. Under max_latency 3 the members
+    nor_conv_1x1 / nor_conv_3x3 / skip_connect have 4, 1 and 6 of 9 completions within the limit; drawing
+    member and completion together until the limit holds would train them 36%, 9% and 55% of the steps."""
+    space, members, steps = chain3(), [(0,), (1,), (2,)], 3000
+    limited = PoolSampler(space, seed=3, max_latency=3.0, latency_model=OpCost)
+    free = PoolSampler(space, seed=3, latency_model=OpCost)
+    limited.pool.members = free.pool.members = members
+    archs = [limited.sample(t) for t in range(steps)]
+    assert all(limited.limit.ok(a) for a in archs)
+    # Exact: the member of step t is a function of (seed, t) alone, the same with and without the limit.
+    assert [a.indices[:1] for a in archs] == [free.sample(t).indices[:1] for t in range(steps)]
+    # And uniform: chi-square with 2 degrees of freedom below its 0.1% quantile (13.8).
+    counts = [sum(a.indices[:1] == m for a in archs) for m in members]
+    assert sum((c - steps / 3) ** 2 / (steps / 3) for c in counts) < 13.8, counts
+    # Each member's completion is uniform over its own valid completions: every one of them is drawn.
+    valid = {m: {a.indices for a in space.enumerate() if a.indices[:1] == m and limited.limit.ok(a)} for m in members}
+    assert [len(valid[m]) for m in members] == [4, 1, 6]
+    assert all({a.indices for a in archs if a.indices[:1] == m} == valid[m] for m in members)
+    # A member none of whose completions meets the limit is named in the error.
+    limited.pool.members = [(2,), (1,)]
+    limited.limit.max_latency = 2.0
+    with pytest.raises(RuntimeError, match=r"pool member 2 of 2, \[layer0=nor_conv_3x3\], met max_latency=2.0"):
+        for t in range(50):
+            limited.sample(t)
 
 
 def test_infeasible_candidates_are_dropped_and_an_impossible_limit_is_a_clear_error() -> None:
@@ -189,6 +254,36 @@ def test_pcnas_without_its_callback_fails_at_setup_naming_it(tmp_path: Path) -> 
         fit(make_model(), tmp_path, 1)
 
 
+def test_every_shrink_scores_on_batches_drawn_afresh_from_the_whole_val_split(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Algorithm 1 scores each completion on a random validation batch: each shrink draws its B batches
+    from the whole supernet-val split (here 2 batches, B = 1), seeded by (seed, shrink), not the first B."""
+    seen: list[list] = []
+
+    def recording(supernet, candidates, batches, *args, **kwargs) -> PotentialResult:
+        seen.append(list(batches))
+        return potentials(supernet, candidates, batches, *args, **kwargs)
+
+    monkeypatch.setattr(pcnas_module, "potentials", recording)
+    model = PCNAS(chain3(), seed=1, optimizer=lambda p: torch.optim.SGD(p, lr=0.1), pool_size=2, num_completions=6,
+                  num_eval_archs=0, num_val_batches=1)
+    data = fit(model, tmp_path, 4, [shrinking(tmp_path)]).datamodule
+    assert len(seen) == 3 and all(len(b) == 1 for b in seen)
+
+    def images(batches) -> set[tuple[float, ...]]:
+        return {tuple(x.flatten().tolist()) for b in batches for x in b[0]}
+
+    split = images(data.val_dataloader())
+    used = [images(b) for b in seen]
+    assert len(split) == 32 and all(u <= split for u in used)  # supernet-val images only
+    assert len({frozenset(u) for u in used}) == 3  # a fresh batch every shrink
+    assert len(set.union(*used)) > len(images([next(iter(data.val_dataloader()))]))  # not only the first batch
+    # A function of (seed, shrink) alone, whatever the weights: a resumed run and every DDP rank draw them again.
+    for k, batches in enumerate(seen):
+        again = model.potential_batches("potential", k)
+        assert len(again) == 1 and all(torch.equal(a, b) for a, b in zip(batches[0], again[0]))
+
+
 @pytest.mark.slow
 def test_fit_reaches_a_full_arch_and_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     pl.seed_everything(0)
@@ -255,10 +350,10 @@ def test_ddp_ranks_hold_the_same_pool_and_split_the_completions(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_pcnas_on_the_mobilenet_space_under_a_latency_table(tmp_path: Path) -> None:
-    """The paper's setting in miniature: MobileNet layers shrunk one at a time under a hard limit from a
-    latency lookup table; every arch of the final pool meets the limit."""
+    """The paper's setting in miniature: MobileNet layers (9 choices, or 10 with Identity) shrunk one at a
+    time under a hard limit from a latency lookup table; every arch of the final pool meets the limit."""
     space = MobileNetSpace("small", width_mult=0.25, num_classes=4, in_channels=1, input_size=8, stem_stride=1,
-                           depths=[1, 1, 1, 1, 1, 1])
+                           depths=[1, 2, 1, 1, 1, 1])
     # A hand-made table (ms): the cost of an op grows with its expansion ratio and kernel, Identity is free.
     cost = {op: 0.0 if op == "Identity" else float(op.split("_")[1]) * int(op.split("_")[2]) / 9
             for op in MOBILENET_SMALL_OPS}

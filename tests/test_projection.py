@@ -5,6 +5,7 @@ callback under Lightning (end-to-end P, bf16, resume, 2-process DDP)."""
 from __future__ import annotations
 
 import copy
+import csv
 import os
 import subprocess
 import sys
@@ -29,14 +30,15 @@ from nas_lightning.projection import (
     alpha_at,
     closed_form,
     conv_patches,
+    energy_normalised,
     fold_features,
-    gradient_matrix,
     layer_features,
     project_gradient,
     project_gradients,
     project_layer_gradient,
     rank_one_update,
     select_layers,
+    weight_matrix,
     woodbury_update,
 )
 from nas_lightning.spaces import NB201Space
@@ -203,6 +205,101 @@ def test_theorem_4_1_conv_on_its_patches(groups: int) -> None:
         assert float(moved_plain[rows].norm(dim=0).max()) > 100 * bound
 
 
+# --- Theorem 4.1 under a real optimiser: the applied update is projected ---------------------------
+class _Head(nn.Module):
+    def __init__(self, d: int, out: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d, out, dtype=torch.float64)
+
+    @override
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _archs_in_turn(make_opt, rule: str, n_archs: int = 20, steps_per_arch: int = 2, alpha: float = 1e-3,
+                   d: int = 64) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """A Linear layer trained on ``n_archs`` "archs" in turn (each its own input distribution and target map,
+    ``steps_per_arch`` optimiser steps each), folding each step's mean input after it. ``rule``: "update"
+    (``OrthogonalProjector``: the applied update is projected), "gradient" (the gradient is projected before
+    the optimiser, the rule before issue 11) or "none". Returns, per arch but the last, how far the outputs
+    on its folded features [x; 1] moved from right after its training to the end; the same for the bound
+    of Theorem 4.1 summed over the later steps (``_bound`` with the optimiser's raw update for lr * G); and
+    the mean loss drop of an arch's first step (the layer still learns)."""
+    torch.manual_seed(0)
+    net = _Head(d, 4)
+    opt = make_opt(net.parameters())
+    projector = OrthogonalProjector(alpha=alpha, max_patches=1, alpha_scale="absolute")
+    projector.attach(net)
+    means = torch.randn(n_archs, d, dtype=torch.float64) * 0.5
+    maps = torch.randn(n_archs, d, 4, dtype=torch.float64) / d ** 0.5
+    rows: list[torch.Tensor] = []  # the folded features [x; 1], in fold order
+    owner: list[int] = []
+    W_after: dict[int, torch.Tensor] = {}
+    bound = torch.zeros(n_archs, dtype=torch.float64)
+    drops = []
+    t = 0
+    for a in range(n_archs):
+        for s in range(steps_per_arch):
+            x = means[a] + 0.3 * torch.randn(16, d, dtype=torch.float64)
+            y = x @ maps[a]
+            opt.zero_grad(set_to_none=True)
+            projector.begin_step(t)
+            loss = F.mse_loss(net(x), y)
+            loss.backward()
+            if rule == "gradient" and "fc" in projector.P:
+                project_gradients(projector.modules, projector.layouts, projector.P)
+            before = weight_matrix(net.fc, projector.layouts["fc"]).clone()
+            if rule == "update":
+                projector.before_optimizer_step(t, opt)
+                opt.step()
+            else:  # copied after the step, the projector has no update to project and only folds the features
+                opt.step()
+                projector.before_optimizer_step(t, opt)
+            raw = weight_matrix(net.fc, projector.layouts["fc"]) - before
+            projector.end_step()
+            if rows:  # Theorem 4.1 for this step's P (the rows folded before it), each earlier arch's rows
+                A = torch.stack(rows)
+                s_vals = torch.linalg.svdvals(A)
+                s_min = s_vals[s_vals > 1e-9 * s_vals[0]].min()
+                step_bound = torch.linalg.matrix_norm(raw, ord=2) * alpha / s_min
+                for b in set(owner):
+                    bound[b] += step_bound
+            rows.append(torch.cat([x.mean(0), torch.ones(1, dtype=torch.float64)]))
+            owner.append(a)
+            if s == 0:
+                with torch.no_grad():
+                    drops.append(float(loss - F.mse_loss(net(x), y)))
+            t += 1
+        W_after[a] = weight_matrix(net.fc, projector.layouts["fc"]).clone()
+    W_end = weight_matrix(net.fc, projector.layouts["fc"])
+    A, who = torch.stack(rows), torch.tensor(owner)
+    moved = torch.stack([((W_end - W_after[a]) @ A[who == a].T).norm(dim=0).max() for a in range(n_archs - 1)])
+    return moved, bound[: n_archs - 1], sum(drops) / len(drops)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_projected_updates_keep_earlier_archs_outputs_within_theorem_4_1(name: str) -> None:
+    """The issue's experiment: a Linear layer trained on 20 archs in turn. Projecting the applied update
+    keeps every earlier arch's outputs on its folded features within Theorem 4.1's bound with plain SGD, with
+    SGD(momentum=0.9, weight_decay=5e-4) and with Adam, while each arch still learns. Projecting the gradient
+    before the optimiser (the old rule) protects only under plain SGD: momentum and weight decay undo it."""
+    make_opt = {"sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+                "momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
+                "adam": lambda p: torch.optim.Adam(p, lr=0.01)}[name]
+    moved, bound, drop = _archs_in_turn(make_opt, "update")
+    moved_plain, _, _ = _archs_in_turn(make_opt, "none")
+    moved_grad, _, _ = _archs_in_turn(make_opt, "gradient")
+    print(f"{name}: earlier archs' outputs moved by {moved.mean():.2e} (update projected), {moved_grad.mean():.2e} "
+          f"(gradient projected), {moved_plain.mean():.2e} (not projected); bound {bound.mean():.2e}")
+    assert bool((moved <= bound).all()), (moved, bound)
+    assert float(moved.max()) < 1e-3 * float(moved_plain.mean())
+    assert drop > 0  # each arch's own first step still lowers its loss
+    if name == "sgd":  # eq. 6 as the paper writes it: the two rules agree for plain SGD
+        torch.testing.assert_close(moved_grad, moved, rtol=1e-3, atol=1e-9)
+    else:  # the momentum buffer and weight decay carry unprojected directions into the update
+        assert float(moved_grad.mean()) > 0.1 * float(moved_plain.mean())
+
+
 # --- features ---------------------------------------------------------------------------------------
 def test_conv_patches_and_subsample_match_explicit_slicing() -> None:
     conv = nn.Conv2d(6, 4, 3, stride=2, padding=1, dilation=1, groups=2, bias=False)
@@ -233,7 +330,8 @@ def test_linear_layers_can_have_their_own_alpha() -> None:
     layouts = {n: LayerLayout.of(m) for n, m in layers.items()}
     means = {"conv": torch.randn(2, 4, 4), "fc": torch.randn(5)}
     P: dict[str, torch.Tensor] = {}
-    fold_features(layers, layouts, P, means, 0.5, 4, torch.Generator().manual_seed(1), alpha_linear=3.0)
+    fold_features(layers, layouts, P, means, 0.5, 4, torch.Generator().manual_seed(1), alpha_linear=3.0,
+                  alpha_scale="absolute")
     X_conv = layer_features(layers["conv"], layouts["conv"], means["conv"], 4, torch.Generator().manual_seed(1))
     X_fc = torch.cat([means["fc"], torch.ones(1)])[None]  # the bias column
     torch.testing.assert_close(P["conv"], closed_form(X_conv.double(), 0.5).float(), rtol=1e-4, atol=1e-5)
@@ -243,6 +341,39 @@ def test_linear_layers_can_have_their_own_alpha() -> None:
     assert cb.projector.alphas(cb.projector.progress(50)) == pytest.approx((1e-3 ** 0.5, 0.1 ** 0.5))
     with pytest.raises(ValueError, match="alpha"):
         ProjectionMatrixUpdate(alpha_linear=0.0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_energy_alpha_is_scale_free(groups: int) -> None:
+    """``alpha_scale="energy"``: a fold of rows X is eq. 7 at alpha * e, e the mean squared row norm (per
+    group), so scaling a layer's inputs leaves P unchanged; an absolute alpha does not."""
+    torch.manual_seed(groups)
+    conv = nn.Conv2d(4, 4, 3, groups=groups, bias=False)  # a bias's constant 1 would not scale with the input
+    layers, layouts = {"conv": conv}, {"conv": LayerLayout.of(conv)}
+    mean = torch.randn(4, 5, 5)
+    Ps = {}
+    for scale, c in (("energy", 1.0), ("energy", 0.1), ("absolute", 1.0), ("absolute", 0.1)):
+        P: dict[str, torch.Tensor] = {}
+        fold_features(layers, layouts, P, {"conv": c * mean}, 5.0, 6, torch.Generator().manual_seed(0),
+                      alpha_scale=scale)
+        Ps[scale, c] = P["conv"]
+    torch.testing.assert_close(Ps["energy", 0.1], Ps["energy", 1.0], rtol=1e-4, atol=1e-5)
+    assert (Ps["absolute", 0.1] - Ps["absolute", 1.0]).abs().max() > 0.2
+    X = layer_features(conv, layouts["conv"], mean, 6, torch.Generator().manual_seed(0)).double()
+    X = X if groups > 1 else X[None]
+    for g in range(groups):
+        e = float(X[g].square().sum(1).mean())
+        got = Ps["energy", 1.0] if groups == 1 else Ps["energy", 1.0][g]
+        torch.testing.assert_close(got.double(), closed_form(X[g], 5.0 * e), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(energy_normalised(torch.zeros(3, 4)), torch.zeros(3, 4))  # a zero layer stays zero
+    # With a bias, e counts the bias's 1 too: eq. 7 at alpha * e on [x; 1].
+    fc = nn.Linear(6, 2)
+    x = torch.randn(6)
+    P1: dict[str, torch.Tensor] = {}
+    fold_features({"fc": fc}, {"fc": LayerLayout.of(fc)}, P1, {"fc": x}, 0.1, 4, torch.Generator())
+    row = torch.cat([x, torch.ones(1)])[None].double()
+    torch.testing.assert_close(P1["fc"].double(), closed_form(row, 0.1 * float(row.square().sum())), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_recorder_keeps_the_batch_mean_of_the_layers_that_ran() -> None:
@@ -304,6 +435,38 @@ def test_unselected_gradients_are_left_alone_and_selected_ones_projected() -> No
             assert not torch.allclose(module.weight.grad, w)
 
 
+def test_the_stem_conv_is_projected_and_batchnorm_is_not() -> None:
+    """What ``layers="all"`` covers (docs/design_choices.md, "DI-NAS"): every Conv2d and Linear, the stem conv
+    and the classifier included; BatchNorm affine weights take the optimiser's own step, unprojected."""
+    torch.manual_seed(0)
+    space = tiny_space()
+    net = space.build_supernet()
+    projector = OrthogonalProjector(max_patches=4)
+    projector.attach(net)
+    bns = {n for n, m in net.named_modules() if isinstance(m, nn.BatchNorm2d) and m.affine}
+    assert "stem.0" in projector.modules and classifier(net)[0] in projector.modules
+    assert bns and not bns & set(projector.modules)
+    plain = copy.deepcopy(net)
+    arch = space.decode("|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|")
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (net, plain)]
+    for t in range(2):
+        for model, opt in zip((net, plain), opts):
+            opt.zero_grad(set_to_none=True)
+            if model is net:
+                projector.begin_step(t)
+            F.cross_entropy(model(x, arch), y).backward()
+            if model is net:
+                projector.before_optimizer_step(t, opt)
+            opt.step()
+            if model is net:
+                projector.end_step()
+    params, plain_params = dict(net.named_parameters()), dict(plain.named_parameters())
+    stem_bn = "stem.1.weight"  # the stem's BN: the same step as without projection (same input, same gradient)
+    assert stem_bn in params and torch.equal(params[stem_bn], plain_params[stem_bn])
+    assert not torch.allclose(params["stem.0.weight"], plain_params["stem.0.weight"])  # the stem conv is projected
+
+
 def test_bad_arguments_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="layers must be one of"):
         ProjectionMatrixUpdate(layers="bn")
@@ -341,17 +504,19 @@ def _expected_features(net: TinyNet, x: torch.Tensor, max_patches: int,
 
 
 def test_projector_steps_give_eq_7_and_project_with_the_previous_P() -> None:
-    """Three steps of begin / forward+backward / project / SGD / end: each gradient [G_w | G_b] is
-    projected with eq. 7's P over the features of the steps before it (eq. 6), and after step t P equals
+    """Three steps of begin / forward+backward / snapshot / SGD / end: each applied update [dW | db] (after
+    momentum and weight decay) is projected with eq. 7's P over the features of the steps before it (eq. 6),
+    and after step t P equals
     eq. 7 over the features of steps s <= t (conv: patches; Linear: the mean input; both with the bias's 1).
     The conv uses ``alpha``, the Linear ``alpha_linear``."""
     torch.manual_seed(0)
     net = TinyNet()
     alpha, alpha_linear, max_patches, seed = 0.05, 0.5, 6, 2
-    projector = OrthogonalProjector(alpha=alpha, alpha_linear=alpha_linear, max_patches=max_patches, seed=seed)
+    projector = OrthogonalProjector(alpha=alpha, alpha_linear=alpha_linear, max_patches=max_patches, seed=seed,
+                                    alpha_scale="absolute")
     projector.attach(net)
     assert set(projector.modules) == {"conv", "fc"}
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     seen: dict[str, list[torch.Tensor]] = {"conv": [], "fc": []}
     for t in range(3):
         x, y = torch.randn(5, 2, 6, 6), torch.randint(0, 4, (5,))
@@ -360,14 +525,15 @@ def test_projector_steps_give_eq_7_and_project_with_the_previous_P() -> None:
         opt.zero_grad(set_to_none=True)
         projector.begin_step(t)
         F.cross_entropy(net(x), y).backward()
-        raw = {n: gradient_matrix(m, projector.layouts[n]).clone() for n, m in projector.modules.items()}
-        assert projector.project(t, opt)
+        before = {n: weight_matrix(m, projector.layouts[n]).clone() for n, m in projector.modules.items()}
+        assert projector.before_optimizer_step(t, opt)
+        opt.step()  # SGD with momentum and weight decay: the update applied is not -lr * G
+        raw = {n: weight_matrix(m, projector.layouts[n]) - before[n] for n, m in projector.modules.items()}
+        assert projector.end_step()
         for name, a in (("conv", alpha), ("fc", alpha_linear)):
             P_before = closed_form(torch.cat(seen[name]).double(), a) if seen[name] else torch.eye(raw[name].shape[1])
-            got = gradient_matrix(projector.modules[name], projector.layouts[name])
-            torch.testing.assert_close(got.double(), raw[name].double() @ P_before.double(), rtol=1e-4, atol=1e-6)
-        opt.step()
-        assert projector.end_step()
+            applied = weight_matrix(projector.modules[name], projector.layouts[name]) - before[name]
+            torch.testing.assert_close(applied.double(), raw[name].double() @ P_before.double(), rtol=1e-4, atol=1e-6)
         for name, a in (("conv", alpha), ("fc", alpha_linear)):
             seen[name].append(rows[name])
             expected = closed_form(torch.cat(seen[name]).double(), a)
@@ -390,8 +556,8 @@ def test_projector_folds_every_n_steps_and_only_after_its_optimiser_steps() -> N
     for t in range(4):
         projector.begin_step(t)
         net(x).sum().backward()
-        assert not projector.end_step()  # before project: an accumulating micro-batch, nothing folded
-        assert projector.project(t)
+        assert not projector.end_step()  # before the step: an accumulating micro-batch, nothing folded
+        assert projector.before_optimizer_step(t)
         assert projector.end_step() == (t % 2 == 0)
         history.append(projector.P["fc"].clone())
         net.zero_grad(set_to_none=True)
@@ -402,7 +568,7 @@ def test_projector_folds_every_n_steps_and_only_after_its_optimiser_steps() -> N
     projector.begin_step(4)
     net(x).sum().backward()
     before = net.fc.weight.grad.clone()
-    assert not projector.project(4, other)
+    assert not projector.before_optimizer_step(4, other)
     assert torch.equal(net.fc.weight.grad, before) and not projector.end_step()
 
 
@@ -423,7 +589,7 @@ def test_projector_sums_inputs_with_reduce() -> None:
         projector.attach(net)
         projector.begin_step(0)
         net(torch.randn(3, 2, 6, 6)).sum().backward()
-        projector.project(0)
+        projector.before_optimizer_step(0)
         assert projector.end_step(reduce)
         Ps.append(projector.P)
     assert len(calls) == 1
@@ -443,7 +609,7 @@ def test_projector_state_dict_round_trip_continues_identically() -> None:
         net.zero_grad(set_to_none=True)
         projector.begin_step(t)
         net(x).sum().backward()
-        projector.project(t)
+        projector.before_optimizer_step(t)
         projector.end_step()
 
     for t in range(2):
@@ -474,7 +640,7 @@ def test_projected_steps_copy_P_at_the_runs_alphas() -> None:
     projector.set_training_length(10)
     projector.begin_step(0)
     net(torch.randn(2, 2, 6, 6)).sum().backward()
-    projector.project(0)
+    projector.before_optimizer_step(0)
     projector.end_step()
     rule = projector.projected_steps(copy.deepcopy(net), projector.progress(5))
     assert rule.alpha == pytest.approx(1e-2) and rule.projector.alpha_linear == pytest.approx(1e-1)
@@ -508,47 +674,66 @@ def _trainer(root: Path, callbacks: list[pl.Callback], **kw) -> pl.Trainer:
                       enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks, **kw)
 
 
+def _head(pl_module: pl.LightningModule) -> torch.Tensor:
+    """[W | b] of the supernet's classifier."""
+    c = classifier(pl_module.supernet)[1]
+    return torch.cat([c.weight.detach(), c.bias.detach()[:, None]], 1).clone()
+
+
 class ClassifierInputs(pl.Callback):
-    """The classifier's mean input and the arch of each step, seen independently of the callback."""
+    """The classifier's mean input of each step and its [W | b] after each step, seen independently of the
+    projection callback (listed before this one, so this sees the projected step)."""
 
     def __init__(self) -> None:
         self.means: list[torch.Tensor] = []
-        self.grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.after: list[torch.Tensor] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.handle = classifier(pl_module.supernet)[1].register_forward_pre_hook(
             lambda m, args: self.means.append(args[0].detach().mean(0)))
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        c = classifier(pl_module.supernet)[1]  # after the projection callback (listed first) ran
-        self.grads.append((c.weight.grad.clone(), c.bias.grad.clone()))
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.handle.remove()
+        self.after.append(_head(pl_module))
+
+
+class RawStep(pl.Callback):
+    """Listed before the projection callback: [W | b] of the classifier before each optimiser step and right
+    after it, before the projection callback replaces the update by its projection."""
+
+    def __init__(self) -> None:
+        self.before: list[torch.Tensor] = []
+        self.raw: list[torch.Tensor] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.before.append(_head(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.raw.append(_head(pl_module))
 
 
 def test_fit_folds_each_steps_mean_input_after_its_step(tmp_path: Path) -> None:
     """End to end on the classifier (a Linear of width 16, bias included): after step t, P equals eq. 7
-    over the mean inputs [x_s; 1] of steps s <= t, and step t's gradient [G_w | G_b] was projected with
-    the P of steps s < t (eq. 6; its own features are folded in after it)."""
+    over the mean inputs [x_s; 1] of steps s <= t, and the update [dW | db] step t applied (SGD with momentum
+    and weight decay) was projected with the P of steps s < t (eq. 6; its own features are folded in after
+    it)."""
     pl.seed_everything(0)
     alpha = 0.1
-    projection, spy = ProjectionMatrixUpdate(alpha=alpha, layers="linear"), ClassifierInputs()
+    projection = ProjectionMatrixUpdate(alpha=alpha, layers="linear", alpha_scale="absolute")
+    spy, raw = ClassifierInputs(), RawStep()
     model = _model()
-    raw: dict[str, list[torch.Tensor]] = {"weight": [], "bias": []}
-    head, head_module = classifier(model.supernet)
-    for name, p in head_module.named_parameters():  # autograd's gradient, before any hook
-        p.register_hook(lambda g, name=name: raw[name].append(g.clone()))
-    _trainer(tmp_path, [projection, spy], max_steps=3).fit(model, DataLoader(_batches(3), batch_size=None))
+    head, _ = classifier(model.supernet)
+    _trainer(tmp_path, [raw, projection, spy], max_steps=3).fit(model, DataLoader(_batches(3), batch_size=None))
     assert list(projection.P) == [head] and projection.updates == 3
     A = torch.stack([torch.cat([m, torch.ones(1)]) for m in spy.means]).double()
     torch.testing.assert_close(projection.P[head].double(), closed_form(A, alpha), rtol=1e-4, atol=1e-5)
     assert projection.P[head].dtype == torch.float32
     for t in range(3):
         P_before = closed_form(A[:t], alpha) if t else torch.eye(17, dtype=torch.float64)
-        expected = torch.cat([raw["weight"][t], raw["bias"][t][:, None]], 1).double() @ P_before
-        got = torch.cat([spy.grads[t][0], spy.grads[t][1][:, None]], 1).double()
+        expected = (raw.raw[t] - raw.before[t]).double() @ P_before
+        got = (spy.after[t] - raw.before[t]).double()
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6, msg=f"step {t}")
+        assert t == 0 or not torch.allclose(got, (raw.raw[t] - raw.before[t]).double(), atol=1e-6)
     assert not torch.allclose(closed_form(A[:2], alpha), torch.eye(17, dtype=torch.float64), atol=1e-2)
 
 
@@ -565,6 +750,87 @@ def test_bf16_mixed_keeps_P_in_fp32(tmp_path: Path) -> None:
     # A conv fed by a 'none' node sees zeros and keeps P = I; the stem and classifier never do.
     moved = {n for n, P in projection.P.items() if not torch.allclose(P, eye[n])}
     assert {"stem.0", classifier(model.supernet)[0]} <= moved and len(moved) > len(projection.P) // 2
+
+
+class OverflowAt(pl.Callback):
+    """Makes one step's gradients non-finite before AMP's scaler unscales them, so the scaler skips it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            for p in pl_module.supernet.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("inf"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.weights.append({n: p.detach().clone() for n, p in pl_module.supernet.named_parameters()})
+
+
+def test_a_step_amp_skipped_is_neither_projected_nor_folded(tmp_path: Path) -> None:
+    """16-mixed with a gradient scaler: step 1 overflows, the scaler skips it (nothing applied), so the
+    callback neither projects nor folds it; the other steps are folded as usual."""
+    pl.seed_everything(0)
+    projection, overflow = ProjectionMatrixUpdate(max_patches=4), OverflowAt(step=1)
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu")
+    plugin = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    _trainer(tmp_path, [projection, overflow], max_steps=3, plugins=[plugin]).fit(
+        model, DataLoader(_batches(3), batch_size=None))
+    assert scaler.get_scale() < 2.0 ** 16  # the scaler did skip a step
+    assert projection.updates == 2  # steps 0 and 2; step 1 was skipped
+    for name, p in overflow.weights[1].items():
+        assert torch.equal(p, overflow.weights[0][name]), name  # the skipped step left every weight as it was
+    assert any(not torch.equal(p, overflow.weights[1][n]) for n, p in overflow.weights[2].items())
+
+
+def test_surviving_share_is_logged_per_layer(tmp_path: Path) -> None:
+    """Every ``log_every_n_steps`` steps, each projected layer's |update after projection| / |before| reaches
+    the logger: in (0, 1] (P is a contraction), below 1 once its features constrain it."""
+    pl.seed_everything(0)
+    projection = ProjectionMatrixUpdate(max_patches=4)
+    logger = pl.loggers.CSVLogger(tmp_path, name="logs")
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=logger, log_every_n_steps=2, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, max_steps=5, callbacks=[projection])
+    model = _model()
+    trainer.fit(model, DataLoader(_batches(5), batch_size=None))
+    rows = list(csv.DictReader((Path(logger.log_dir) / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("projection/surviving_mean")]
+    assert sorted(int(r["step"]) for r in logged) == [2, 4]  # step 0 has no P yet; odd steps are not logged
+    layers = [k.removeprefix("projection/surviving/") for k in rows[0] if k.startswith("projection/surviving/")]
+    assert "stem.0" in layers and set(layers) <= set(projection.P)
+    values = [float(r[f"projection/surviving/{n}"]) for r in logged for n in layers if r[f"projection/surviving/{n}"]]
+    assert values and all(0 < v <= 1 + 1e-6 for v in values)
+    assert float(logged[-1]["projection/surviving/stem.0"]) < 0.99
+
+
+@pytest.mark.parametrize("projection", [True, False])
+def test_disturbance_matrix_script_trains_with_the_runs_projection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   projection: bool) -> None:
+    """``scripts/disturbance_matrix.py`` takes the projection callback from the configs' trainer callbacks (a
+    method's own ``configure_callbacks`` has none since the callbacks moved to the configs), so a DI-NAS
+    checkpoint's matrix is trained with its P; the ``projection=False`` ablation gets the plain step."""
+    from nas_lightning.cli import NASLightningCLI
+
+    root = Path(__file__).parents[1]
+    monkeypatch.chdir(root)
+    configs = ["configs/dinas/nb201_synthetic.yaml"]
+    if not projection:
+        (tmp_path / "ablation.yaml").write_text("model:\n  init_args:\n    projection: false\n")
+        configs.append(str(tmp_path / "ablation.yaml"))
+    cli = NASLightningCLI([a for c in configs for a in ("-c", c)] + ["--trainer.logger=false"], run=False)
+    (cb,) = [c for c in cli.trainer.callbacks if isinstance(c, ProjectionMatrixUpdate)]
+    torch.save({"state_dict": cli.model.state_dict(), "callbacks": {cb.state_key: cb.state_dict()}},
+               tmp_path / "last.ckpt")
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "disturbance_matrix.py"),
+                           *[a for c in configs for a in ("-c", c)], "--ckpt_path", str(tmp_path / "last.ckpt"),
+                           "--archs", "2"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert ("projected with the checkpoint's P" in proc.stdout) == projection, proc.stdout
+    assert ("plain optimiser step" in proc.stdout) != projection
 
 
 class Crash(pl.Callback):

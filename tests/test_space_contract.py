@@ -12,11 +12,21 @@ from conftest import SMALL_SPACES
 from torch import nn
 from typing_extensions import override
 
-from nas_lightning.spaces import CHAIN_OPS, NETWORKS, ArchFormatError, ChainSpace, DartsSpace, MobileNetSpace
+from nas_lightning.spaces import (
+    CHAIN_OPS,
+    NETWORKS,
+    ArchFormatError,
+    ChainSpace,
+    DartsSpace,
+    DeeperInsightsSpace,
+    MobileNetSpace,
+)
 from nas_lightning.spaces.base import Decision, SearchSpace
+from nas_lightning.spaces.nb201 import NB201Space
 from nas_lightning.supernet import OPS, ChainNetwork, Supernet
 
-#: More configurations than ``SMALL_SPACES``: every chain op, affine supernet BNs, both MobileNet variants.
+#: More configurations than ``SMALL_SPACES``: every chain op, affine supernet BNs, both MobileNet variants, the
+#: Deeper-Insights space.
 EXTRA_SPACES: dict[str, Callable[[], SearchSpace]] = {
     "chain_every_op": lambda: ChainSpace(num_layers=2, ops=CHAIN_OPS, C=4, num_classes=5, in_channels=1,
                                          input_size=8),
@@ -26,8 +36,11 @@ EXTRA_SPACES: dict[str, Callable[[], SearchSpace]] = {
                                               depths=[2, 1, 2, 1, 2, 1]),
     "mobilenet_large_no_affine": lambda: MobileNetSpace("large", width_mult=0.25, num_classes=5, input_size=32,
                                                         depths=[2, 1, 2, 1, 2, 1], supernet_bn_affine=False),
+    "deeper_insights": lambda: DeeperInsightsSpace(C=4, num_cells=2, num_classes=5, in_channels=1, input_size=8),
 }
 SPACES = {**SMALL_SPACES, **EXTRA_SPACES}
+#: The space classes whose params and FLOPs are additive over the decisions (``SearchSpace.cost_table``).
+ADDITIVE_SPACES: tuple[type[SearchSpace], ...] = (ChainSpace, NB201Space, MobileNetSpace, DeeperInsightsSpace)
 
 
 def randomise_bn(module: nn.Module, seed: int) -> None:
@@ -162,3 +175,18 @@ def test_cost_is_cached_and_counts_parameters(space: SearchSpace, generator: tor
     assert flops > 0
     assert space.cost(arch) is space.cost(arch)
     assert (space.params(arch), space.flops(arch)) == (params, flops)
+
+
+def test_cost_table_equals_the_count_on_the_network(space: SearchSpace, generator: torch.Generator) -> None:
+    """Where a space has a cost table, ``cost`` equals the count on the stand-alone network, exactly, over many
+    archs: sampled ones and those with the same choice everywhere (NAS-Bench-201: every edge ``none``)."""
+    table = space.cost_table()
+    assert table is not None or not isinstance(space, ADDITIVE_SPACES)
+    if table is None:  # DARTS: tests/test_latency.py shows that no per-decision table can be exact
+        return
+    uniform = [space.arch([min(k, len(d.choices) - 1) for d in space.decisions])
+               for k in range(max(len(d.choices) for d in space.decisions))]
+    for arch in [*uniform, *space.sample_many(60, generator)]:
+        counted = space.count_cost(arch)
+        assert table(arch.indices) == counted, arch.text
+        assert space.cost(arch) == counted and space.params(arch) == counted[0] and space.flops(arch) == counted[1]

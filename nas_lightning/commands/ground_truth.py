@@ -97,6 +97,7 @@ def _train_runs(space: SearchSpace, data: SplitDataModule, todo: list[tuple[Arch
                              logger=False, enable_checkpointing=False, enable_progress_bar=False,
                              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
         trainer.fit(model, datamodule=data)
+        trainer.limit_val_batches = 1.0  # validation was off for the fit only: GT on "val" uses the whole split
         run = trainer.validate if split == "val" else trainer.test
         acc = float(run(model, datamodule=data, verbose=False)[0][f"{split}/acc"]) * 100.0
         done[(str(arch), seed)] = acc

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.parsing import AttributeDict
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
+from typing_extensions import override
 
 from nas_lightning.utils.distributed import step_generator
 
@@ -111,21 +113,36 @@ class ResumableSampler(DistributedSampler):
     Lightning calls ``set_epoch`` before every epoch, so each epoch's order depends only on (seed,
     epoch) and is the same on every rank (each rank takes its own slice). ``resume_from`` skips the
     samples this rank already trained on in that epoch, so a run resumed from a mid-epoch checkpoint
-    sees exactly the batches an uninterrupted run would have seen. Being a ``DistributedSampler``,
+    sees exactly the batches an uninterrupted run would have seen, provided it runs on as many processes
+    (a rank's position counts samples of its own slice; otherwise it warns). Being a ``DistributedSampler``,
     Lightning keeps it under DDP instead of swapping in its own.
     """
 
     def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self._resume: tuple[int, int] | None = None
+        self._resume: tuple[int, int, int] | None = None
 
-    def resume_from(self, epoch: int, samples_seen: int) -> None:
-        self._resume = (epoch, samples_seen)
+    def resume_from(self, epoch: int, samples_seen: int, num_replicas: int | None = None) -> None:
+        """Skip the first ``samples_seen`` samples of this rank's slice of ``epoch``, a position written by a run on
+        ``num_replicas`` processes (None: this run's number)."""
+        self._resume = (epoch, samples_seen, self.num_replicas if num_replicas is None else num_replicas)
 
+    @override
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
         if self._resume is not None and self._resume[0] == self.epoch:
-            indices = indices[self._resume[1]:]
+            _, seen, saved_replicas = self._resume
+            if saved_replicas != self.num_replicas and seen > 0:
+                # Warned here, where the position is applied, not at load: a checkpoint taken at an epoch's end
+                # resumes at the next epoch's start, whose order is simply this run's.
+                rank_zero_warn(  # every rank would say the same
+                    f"resuming mid-epoch {self.epoch} from a checkpoint written by {saved_replicas} process(es) on "
+                    f"{self.num_replicas}: the data order changes (each process trains its slice of the (seed, "
+                    "epoch) permutation, and the slices depend on the number of processes), so the rest of this "
+                    "epoch is not what the uninterrupted run trained on (on fewer processes some of its images are "
+                    f"trained on twice, on more some are skipped). Resume on {saved_replicas} process(es) to continue "
+                    "exactly.")
+            indices = indices[seen:]
             self._resume = None
         return iter(indices)
 
@@ -141,12 +158,67 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler
         assert isinstance(sampler, ResumableSampler)
-        return {"epoch": sampler.epoch, "samples_seen": self._batches_done() * (self.batch_size or 1)}
+        # The position counts samples of this rank's slice, so it is recorded with the number of slices.
+        return {"epoch": sampler.epoch, "samples_seen": self._batches_done() * (self.batch_size or 1),
+                "num_replicas": sampler.num_replicas}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler = self.sampler
         assert isinstance(sampler, ResumableSampler)
-        sampler.resume_from(int(state["epoch"]), int(state["samples_seen"]))
+        # Checkpoints written before num_replicas was recorded are taken to come from this many processes.
+        sampler.resume_from(int(state["epoch"]), int(state["samples_seen"]),
+                            int(state.get("num_replicas", sampler.num_replicas)))
+
+
+class GlobalBatchSampler(DistributedSampler):
+    """The evaluation order, the same at any number of processes: the dataset in order, cut into global batches of
+    ``batch_size``, rank r taking the slice ``r::num_replicas`` of each (as DI-NAS rewards slice their batch).
+
+    Every sample lies in exactly one rank's slice: no padding duplicates samples and the last, smaller batch is kept,
+    so totals summed over ranks equal one process's totals. Every rank's k-th batch is its slice of global batch k,
+    so Lightning's per-rank ``limit_val_batches`` (N batches, or a fraction of ``len``) selects the same global
+    batches on any number of processes. ``len`` is the number of global batches on every rank, so that a fraction
+    rounds alike everywhere; a rank whose slice of the last batch is empty ends one batch early (an empty batch
+    would break batch statistics and collation).
+
+    Yields one list of indices per batch: use it with ``DataLoader(BatchIndexedDataset(dataset), batch_size=None)``
+    (``SplitDataModule.eval_dataloader``). Being a ``DistributedSampler``, Lightning keeps it under DDP instead of
+    injecting its own, which would pad and re-shard.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        _check_int("batch_size", batch_size, minimum=1)
+        self.batch_size = batch_size
+
+    @override
+    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
+        n = len(self.dataset)  # type: ignore[arg-type]
+        for start in range(0, n, self.batch_size):
+            part = list(range(start + self.rank, min(start + self.batch_size, n), self.num_replicas))
+            if part:
+                yield part
+
+    @override
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)  # type: ignore[arg-type]
+
+
+class BatchIndexedDataset(Dataset):
+    """``dataset`` indexed by a list of indices, one batch per item, for a loader with ``batch_size=None``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @override
+    def __getitem__(self, indices: list[int]) -> Any:
+        # Fetched as the DataLoader fetches a batch (one gather where the dataset has __getitems__), then
+        # collated by the loader's collate_fn.
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(indices) if callable(getitems) else [self.dataset[i] for i in indices]
 
 
 class SplitDataModule(pl.LightningDataModule, ABC):
@@ -160,7 +232,10 @@ class SplitDataModule(pl.LightningDataModule, ABC):
 
     Args:
         batch_size: supernet-train batch size (the last incomplete batch is dropped).
-        eval_batch_size: batch size for val/test loaders; defaults to ``batch_size``.
+        eval_batch_size: size of the val/test batches, defaults to ``batch_size``. Under DDP these are global
+            batches, each rank taking its slice (``GlobalBatchSampler``), so an evaluation sees the same images, and
+            ``limit_val_batches`` the same batches, at any number of processes; BN recalibration batches are
+            unsharded (``calibration_dataloader``).
         num_workers: DataLoader worker processes.
         val_fraction: fraction of the (subset of the) training set held out as supernet-val, in [0, 1).
         train_subset: use only this many training images (seeded choice) before splitting.
@@ -221,6 +296,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         self.test_dataset: Dataset | None = None
 
     @property
+    @override
     def hparams_initial(self) -> AttributeDict:
         """The hyperparameters loggers get, each under ``data.``: Lightning merges them with the method's and
         refuses keys both have with different values, such as a method seed 1 beside a data seed 0."""
@@ -257,6 +333,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         num_val = round(self.val_fraction * len(perm))
         return perm[num_val:], perm[:num_val]
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.test_dataset is not None:  # idempotent: Lightning calls setup once per stage
             return
@@ -270,19 +347,13 @@ class SplitDataModule(pl.LightningDataModule, ABC):
 
     # -- loaders --------------------------------------------------------------------------------------------------
 
-    def _loader(self, dataset: Dataset | None, name: str, **kwargs: Any) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"{name} is not set up: call setup() first")
-        kwargs.setdefault("collate_fn", collate_batch)
-        return DataLoader(dataset, num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0, **kwargs)
-
     def augment_batch(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Batched random crop (4 px at 32x32, as in the CIFAR recipe), flip and optional Cutout of a
         supernet-train batch. Subclasses that augment per sample (``ImageFolderDataModule``) return ``images``."""
         images = random_crop_flip(images, padding=max(1, self.image_size // 8), generator=generator)
         return cutout(images, self.cutout, generator) if self.cutout else images
 
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Augmenting here (on the device, after the loader) rather than in the loader's workers ties the
         # random draws to (seed, rank, epoch, batch index) alone: a run resumed mid-epoch gets the crops and
@@ -296,6 +367,7 @@ class SplitDataModule(pl.LightningDataModule, ABC):
                                    batch_idx)
         return self.augment_batch(images, generator), labels
 
+    @override
     def train_dataloader(self) -> DataLoader:
         dataset = self.supernet_train_dataset
         if dataset is None:
@@ -316,11 +388,48 @@ class SplitDataModule(pl.LightningDataModule, ABC):
         trainer = self.trainer
         return 0 if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.supernet_val_dataset, "supernet_val_dataset", batch_size=self.eval_batch_size)
+    def calibration_dataloader(self) -> DataLoader:
+        """Supernet-train batches in epoch-0 order, unsharded and not augmented: BN recalibration's batches
+        (``BatchSource.calibration``), the same on every rank whatever the number of processes."""
+        dataset = self.supernet_train_dataset
+        if dataset is None:
+            raise RuntimeError("supernet_train_dataset is not set up: call setup() first")
+        # One replica: the whole epoch-0 permutation, i.e. the first batches a one-process run trains on.
+        return DataLoader(dataset, batch_size=self.batch_size, drop_last=True,
+                          sampler=ResumableSampler(dataset, self.seed), collate_fn=collate_batch,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
 
+    def eval_dataloader(self, split: Literal["val", "test"], num_replicas: int = 1, rank: int = 0) -> DataLoader:
+        """The supernet-val (``"val"``) or test split in order, in global batches of ``eval_batch_size``, this rank
+        taking its slice of each (``GlobalBatchSampler``); unsharded with the default ``num_replicas=1``."""
+        dataset = {"val": self.supernet_val_dataset, "test": self.test_dataset}[split]
+        if dataset is None:
+            raise RuntimeError(f"the {split} split is not set up: call setup() first")
+        smallest = min(len(dataset), self.eval_batch_size)  # type: ignore[arg-type]
+        if 0 < smallest < num_replicas:
+            # A rank with no images would skip the evaluation whose sums over ranks the others wait for.
+            raise ValueError(f"the {split} split ({len(dataset)} images, eval_batch_size={self.eval_batch_size}) "  # type: ignore[arg-type]
+                             f"cannot give each of the {num_replicas} processes a share of its first batch: raise "
+                             "data.eval_batch_size (and data.val_fraction) to at least the number of processes")
+        return DataLoader(BatchIndexedDataset(dataset), batch_size=None,
+                          sampler=GlobalBatchSampler(dataset, self.eval_batch_size, num_replicas, rank),
+                          collate_fn=collate_batch, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0)
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        """This rank's slices of the supernet-val batches (``eval_dataloader``): the images an evaluation sees, and
+        what ``limit_val_batches`` selects, do not depend on the number of processes."""
+        return self.eval_dataloader("val", *self._replicas())
+
+    @override
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test_dataset", batch_size=self.eval_batch_size)
+        """This rank's slices of the test batches, as ``val_dataloader``."""
+        return self.eval_dataloader("test", *self._replicas())
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

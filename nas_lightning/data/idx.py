@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,17 @@ _IDX_DTYPES: dict[int, str] = {
 def read_idx(path: str | Path) -> torch.Tensor:
     """Read an IDX file into a tensor (``uint8`` for image and label files).
 
-    Compression is detected from the gzip magic bytes, not the file name. Raises ``ValueError`` on a bad
-    magic number or a payload whose size does not match the header.
+    Compression is detected from the gzip magic bytes, not the file name. Raises ``ValueError``, naming the
+    file, on a truncated or corrupt gzip stream, a bad magic number or a payload whose size does not match the
+    header.
     """
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:  # a cut-off download ends before the end-of-stream marker
+            raise ValueError(f"{path}: truncated or corrupt gzip file ({e}); delete it and download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])

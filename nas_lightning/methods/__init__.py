@@ -3,8 +3,18 @@
 from nas_lightning.methods.base import NASModule, check_space_matches_data
 from nas_lightning.methods.dinas import DINAS
 from nas_lightning.methods.pcnas import PCNAS
+from nas_lightning.methods.reduced_sharing import ReducedSharing
 from nas_lightning.methods.spos import SPOS
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.methods.supernet_module import SupernetModule
 
-__all__ = ["DINAS", "PCNAS", "SPOS", "NASModule", "StandaloneModule", "SupernetModule", "check_space_matches_data"]
+__all__ = [
+    "DINAS",
+    "PCNAS",
+    "SPOS",
+    "NASModule",
+    "ReducedSharing",
+    "StandaloneModule",
+    "SupernetModule",
+    "check_space_matches_data",
+]

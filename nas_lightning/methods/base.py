@@ -1,5 +1,6 @@
-"""What every LightningModule of the project shares: a space, an optimiser from the config, and a
-check that the space fits the data."""
+"""What every LightningModule of the project shares: a space, an optimiser from the config, a check that
+the space fits the data, and the training loop that resumes exactly from any step's checkpoint
+(``nas_lightning.loops``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from typing_extensions import override
 
+from nas_lightning.loops import install_resumable_loops
 from nas_lightning.spaces.base import SearchSpace
 
 
@@ -39,6 +41,10 @@ class NASModule(pl.LightningModule):
     @override
     def setup(self, stage: str) -> None:
         check_space_matches_data(self.space, getattr(self.trainer, "datamodule", None))
+        if stage == "fit":
+            # Before Lightning restores the loops from a checkpoint: a run resumed from an epoch's last batch
+            # then still runs that epoch's validation and end.
+            install_resumable_loops(self.trainer)
 
     @override
     def configure_optimizers(self) -> Any:

@@ -43,6 +43,8 @@ class DINAS(SupernetModule):
         kwargs: see ``SupernetModule``; ``seed`` also seeds the controller's reward batches.
     """
 
+    search_val_batches = "sharded"  # controller rewards split full supernet-val batches over ranks (setup checks)
+
     def __init__(self, space: SearchSpace,
                  sampler: Callable[[SearchSpace, int], ControllerSampler] = ControllerSampler,
                  projection: bool = True, **kwargs: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from nas_lightning.data.batch_source import Batch
 from nas_lightning.methods.supernet_module import SupernetModule, require_callbacks
 from nas_lightning.samplers.pool import PartialModelPool, PoolSampler, Prefix
 from nas_lightning.search.pool_shrink import best_completions, final_pool_rows, next_pool, shrink_record
@@ -34,11 +35,15 @@ class PCNAS(SupernetModule):
             ``latency_table``) set the hard latency limit of training and of the potentials.
         pool_size: P, partial models kept per shrink.
         num_completions: S, completions per candidate potential (Algorithm 1).
-        num_val_batches: the first this many supernet-val batches score the completions; completion j
-            of a candidate uses batch ``j mod num_val_batches``.
+        num_val_batches: B, supernet-val batches that score the completions of one shrink: drawn afresh for
+            every shrink from the whole split, seeded by (``seed``, shrink index), the same on every rank;
+            completion j of every candidate uses batch ``j mod B`` (``potential_batches``). They are held in
+            memory on every rank during the shrink (16 ImageNet batches of 256: 2.4 GB).
         max_tries_factor: rejection sampling of S valid completions gives up after S times this many draws.
         kwargs: see ``SupernetModule``; ``seed`` also seeds the completions of every shrink.
     """
+
+    search_val_batches = "whole"  # potentials score completions on full supernet-val batches (checked at setup)
 
     def __init__(self, space: SearchSpace, sampler: Callable[[SearchSpace, int], PoolSampler] = PoolSampler,
                  pool_size: int = 5, num_completions: int = 900, num_val_batches: int = 16,
@@ -81,12 +86,26 @@ class PCNAS(SupernetModule):
             completed = best_completions(self.potentials(self.pool.members, "final"))
         return final_pool_rows(self.pool, self.space, self.sampler.limit, completed)
 
+    def potential_batches(self, stream: str, shrink: int) -> list[Batch]:
+        """The ``num_val_batches`` supernet-val batches that score shrink ``shrink`` (``stream="potential"``) or
+        the final pool after ``shrink`` shrinks (``"final"``).
+
+        Algorithm 1 scores each completion on one random validation batch. Loading a batch per completion
+        (S = 900 per candidate, on every rank: the potentials shard over archs, not data) would cost far more
+        than the forwards, so each shrink draws B batches from the whole split in a seeded random order and
+        the completions share them (docs/design_choices.md, "PC-NAS"). A function of (seed, stream, shrink)
+        alone, so every rank and a resumed run draw the same batches.
+        """
+        return list(self.batches.seeded_val(self.num_val_batches,
+                                            step_generator(self.seed, f"{stream}_batches", shrink)))
+
     def potentials(self, candidates: list[Prefix], stream: str) -> PotentialResult:
         """Algorithm 1 for ``candidates``, split over the ranks by arch; identical on every rank."""
         trainer = self.trainer
+        shrink = len(self.pool.history)
         return potentials(
-            self.supernet, candidates, self.batches.fixed_val(self.num_val_batches), self.num_completions,
-            step_generator(self.seed, stream, len(self.pool.history)), self.sampler.limit,
+            self.supernet, candidates, self.potential_batches(stream, shrink), self.num_completions,
+            step_generator(self.seed, stream, shrink), self.sampler.limit,
             rank=trainer.global_rank, world_size=trainer.world_size, reduce=lambda t: reduce_sum(t, trainer),
             calibration=self.batches.calibration(), max_tries_factor=self.max_tries_factor,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -41,6 +41,43 @@ def require_callbacks(trainer: pl.Trainer, method: str, names: Sequence[str], co
         )
 
 
+def check_val_data(module: SupernetModule, stage: str) -> None:
+    """Fail at ``setup``, naming the setting to change, when the supernet-val split cannot give what the
+    stage needs: ``validate`` evaluates on it (an empty one would end with no search and no output), and
+    during ``fit`` a method whose search scores archs on it (``search_val_batches``) draws full eval batches
+    from it after its warm-up epochs."""
+    trainer = module.trainer
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None or stage not in ("validate", "fit"):
+        return
+    name, fraction = type(module).__name__, getattr(datamodule, "val_fraction", "?")
+    if stage == "validate" and not trainer.limit_val_batches:
+        raise ValueError(f"{name}: trainer.limit_val_batches={trainer.limit_val_batches} leaves validate nothing "
+                         "to evaluate on; set it above 0")
+    if stage == "fit" and module.search_val_batches is None:
+        return
+    images, batch = _val_split(datamodule)
+    if stage == "validate" and images == 0:
+        raise ValueError(f"{name}: validate has no supernet-val data to evaluate on (data.init_args.val_fraction="
+                         f"{fraction} holds 0 images); raise data.init_args.val_fraction")
+    if stage == "fit" and batch is not None and images < batch:
+        raise ValueError(f"{name} scores archs on full supernet-val batches of {batch} images during training, "
+                         f"but the split holds {images} (data.init_args.val_fraction={fraction}); raise "
+                         "data.init_args.val_fraction or lower data.init_args.eval_batch_size")
+    if stage == "fit" and module.search_val_batches == "sharded" and batch is not None and batch < trainer.world_size:
+        raise ValueError(f"{name} splits each supernet-val batch of {batch} images over the {trainer.world_size} "
+                         f"ranks; raise data.init_args.eval_batch_size to at least {trainer.world_size}")
+
+
+def _val_split(datamodule: Any) -> tuple[int, int | None]:
+    """(images, eval batch size) of the supernet-val split: a ``SplitDataModule``'s own, else its loader's."""
+    dataset, batch = getattr(datamodule, "supernet_val_dataset", None), getattr(datamodule, "eval_batch_size", None)
+    if dataset is None:
+        loader = datamodule.val_dataloader()
+        dataset, batch = loader.dataset, loader.batch_size
+    return len(dataset), batch
+
+
 class SupernetModule(NASModule):
     """Trains ``space.build_supernet()`` on the arch that the sampler draws at each optimiser step.
 
@@ -65,6 +102,11 @@ class SupernetModule(NASModule):
         kwargs: ``NASModule``'s (optimizer, lr_scheduler, scheduler_interval, label_smoothing).
     """
 
+    #: What the method's own search draws from the supernet-val split during ``fit`` (checked at ``setup`` by
+    #: ``check_val_data``): None, "whole" full eval batches (each scored whole on every rank) or "sharded"
+    #: full eval batches (each split over the ranks).
+    search_val_batches: ClassVar[Literal["whole", "sharded"] | None] = None
+
     def __init__(self, space: SearchSpace, sampler: SamplerFactory = UniformSampler, seed: int = 0,
                  eval_archs: Sequence[str] | None = None, num_eval_archs: int = 16, eval_seed: int = 0,
                  bn_recalibration: int = 0, **kwargs: Any) -> None:
@@ -86,6 +128,11 @@ class SupernetModule(NASModule):
         self.current_arch: Arch | None = None
         self.eval_results: dict[Arch, float] = {}
         self.save_hyperparameters(ignore=["space", "optimizer", "lr_scheduler", "sampler"])
+
+    @override
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        check_val_data(self, stage)
 
     # --- training --------------------------------------------------------------------------------
     def sample_arch(self) -> Arch:

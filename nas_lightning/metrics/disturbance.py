@@ -23,7 +23,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.supernet.base import Supernet
-from nas_lightning.utils.atomic import atomic_write_text
+from nas_lightning.utils.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "DisturbanceMatrix",
@@ -64,7 +63,7 @@ ReduceSum = Callable[[Tensor], Tensor]
 
 class StepRule(Protocol):
     """What a method does to a training step beyond forward, backward and the optimiser (e.g. DI-NAS's
-    gradient projection), applied to the disturbance matrix's copy of the supernet so that the matrix
+    projection of the applied update), applied to the disturbance matrix's copy of the supernet so that the matrix
     measures the method's own update. Built by a factory from that copy."""
 
     def begin_step(self) -> None:
@@ -295,14 +294,9 @@ def _matrix_png(result: DisturbanceMatrix, path: Path, title: str) -> None:
                 ax.text(j, i, f"{table[i, j]:.1f}", ha="center", va="center", fontsize=7,
                         color="black" if table[i, j] > mid else "white")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_disturbance_matrix(result: DisturbanceMatrix, stem: str | os.PathLike[str],

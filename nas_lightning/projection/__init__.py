@@ -1,6 +1,6 @@
 """Orthogonal gradient projection of shared weights (DI-NAS, arXiv:2003.13089, eqs. 6-8, after OWM,
 arXiv:1810.01256): the math (``owm``), the per-layer input features it folds in (``layer_inputs``), and
-the object that owns P and runs the update step by step (``projector``). The Lightning side is
+the object that owns P and projects each applied update step by step (``projector``). The Lightning side is
 ``callbacks.projection_matrix_update.ProjectionMatrixUpdate``, which only calls ``OrthogonalProjector``."""
 
 from nas_lightning.projection.layer_inputs import LayerInputRecorder, batch_sum, conv_patches, layer_features
@@ -9,24 +9,34 @@ from nas_lightning.projection.owm import (
     LayerLayout,
     alpha_at,
     closed_form,
+    energy_normalised,
     gradient_matrix,
     project_gradient,
     project_layer_gradient,
+    project_layer_update,
     rank_one_update,
+    weight_matrix,
     woodbury_update,
 )
 from nas_lightning.projection.projector import (
+    ALPHA_SCALES,
+    DEFAULT_ALPHA,
     LAYER_TYPES,
     OrthogonalProjector,
     ProjectedSteps,
     Reduce,
+    amp_step_applied,
     fold_features,
     mean_inputs,
     project_gradients,
+    project_updates,
     select_layers,
+    snapshot_layers,
 )
 
 __all__ = [
+    "ALPHA_SCALES",
+    "DEFAULT_ALPHA",
     "LAYER_TYPES",
     "PROJECTABLE",
     "LayerInputRecorder",
@@ -35,9 +45,11 @@ __all__ = [
     "ProjectedSteps",
     "Reduce",
     "alpha_at",
+    "amp_step_applied",
     "batch_sum",
     "closed_form",
     "conv_patches",
+    "energy_normalised",
     "fold_features",
     "gradient_matrix",
     "layer_features",
@@ -45,7 +57,11 @@ __all__ = [
     "project_gradient",
     "project_gradients",
     "project_layer_gradient",
+    "project_layer_update",
+    "project_updates",
     "rank_one_update",
     "select_layers",
+    "snapshot_layers",
+    "weight_matrix",
     "woodbury_update",
 ]

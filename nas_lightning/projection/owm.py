@@ -7,10 +7,14 @@ A layer's weight W is read as a matrix (out x d): a Linear as it is, a Conv2d re
 ``out x C_in*k*k`` (each output position is W times one input patch). Every such weight owns a
 projection matrix P (d x d, fp32, P_0 = I):
 
-- eq. 6: W <- W - lr * (G @ P). ``project_gradient`` turns G into G @ P; the caller does so before the
-  optimiser applies momentum and weight decay (``OrthogonalProjector.project``).
+- eq. 6: W <- W - lr * (G @ P). With momentum, weight decay or an adaptive optimiser the step actually
+  applied is not -lr * G, so what is projected is the applied update: W <- W_old + (W_new - W_old) @ P
+  after the optimiser's step (``project_layer_update``; ``OrthogonalProjector``). ``project_gradient``
+  is the product with P of any (out, d) matrix: a gradient or an update.
 - eq. 7 (closed form): P = I - A^T (A A^T + alpha I)^-1 A = alpha (A^T A + alpha I)^-1, where A (n x d)
-  stacks the input features seen before. ``closed_form``.
+  stacks the input features seen before. ``closed_form``. An absolute alpha is not scale-free: scaling a
+  layer's inputs by c acts like alpha / c^2. ``energy_normalised`` makes it relative to the layer's feature
+  energy (docs/design_choices.md, "DI-NAS").
 - eq. 8 (recursive form, Woodbury): per feature x, k = P x / (alpha + x^T P x); P <- P - k x^T P.
   ``rank_one_update``. ``woodbury_update`` folds n features at once with the block Woodbury identity,
   P <- P - P X^T (alpha I + X P X^T)^-1 X P, one linear solve per call; both equal eq. 7 (tests).
@@ -155,3 +159,45 @@ def project_layer_gradient(module: nn.Module, layout: LayerLayout, P: torch.Tens
     if b is not None:
         b.copy_(G[:, -1])
     return True
+
+
+def energy_normalised(X: torch.Tensor) -> torch.Tensor:
+    """The rows X (..., n, d) divided by the root of their mean squared norm (per leading index, i.e. per
+    group of a grouped conv): the scale-free alpha.
+
+    Folding X / sqrt(e) at alpha is folding X at alpha * e, e = mean_i |x_i|^2 (eq. 8), so alpha is relative
+    to the energy of the features folded in: P no longer changes when a layer's inputs are scaled, and the
+    share of the update that survives along a folded row x after one fold is alpha / (alpha + |x|^2 / e)
+    (about alpha / (1 + alpha) for rows of similar norm), whatever the layer. Rows that are all zero (a layer
+    fed by a zero node) stay zero.
+    """
+    energy = X.square().sum(-1).mean(-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
+    return X / energy.clamp_min(torch.finfo(X.dtype).tiny).sqrt()
+
+
+def weight_matrix(module: nn.Module, layout: LayerLayout) -> torch.Tensor:
+    """[W | b] as (out, dim), detached (a copy when a bias is appended)."""
+    out = module.weight.shape[0]
+    w = module.weight.detach().reshape(out, -1)
+    return torch.cat([w, module.bias.detach().reshape(out, 1).to(w.dtype)], dim=1) if layout.has_bias else w
+
+
+@torch.no_grad()
+def project_layer_update(module: nn.Module, layout: LayerLayout, before: torch.Tensor,
+                         P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 6 on the update an optimiser step applied: [W | b] <- before + ([W | b] - before) @ P, in place.
+
+    ``before`` is ``weight_matrix`` of the layer from before the step. Whatever the optimiser did (momentum,
+    weight decay, Adam's scaling) is in the difference, so the applied update is projected. Returns the
+    Frobenius norms (0-dim) of the update after and before the projection. Computed in fp32 (fp64 for fp64
+    weights).
+    """
+    dtype = torch.promote_types(before.dtype, torch.float32)  # fp32 at least, fp64 weights stay fp64
+    delta = weight_matrix(module, layout).to(dtype) - before.to(dtype)
+    projected = project_gradient(delta, P.to(dtype))
+    new = before.to(dtype) + projected
+    n_w = layout.dim - int(layout.has_bias)
+    module.weight.copy_(new[:, :n_w].reshape(module.weight.shape))
+    if layout.has_bias:
+        module.bias.copy_(new[:, -1])
+    return torch.linalg.vector_norm(projected), torch.linalg.vector_norm(delta)

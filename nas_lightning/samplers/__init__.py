@@ -3,6 +3,7 @@
 from nas_lightning.samplers.base import ArchSampler, SamplerFactory
 from nas_lightning.samplers.controller import ControllerSampler, LSTMController, reinforce_step
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
+from nas_lightning.samplers.round_robin import RoundRobinSampler
 from nas_lightning.samplers.uniform import UniformSampler
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "LatencyLimit",
     "PartialModelPool",
     "PoolSampler",
+    "RoundRobinSampler",
     "SamplerFactory",
     "UniformSampler",
     "reinforce_step",

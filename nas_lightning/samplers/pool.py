@@ -11,8 +11,9 @@ and the history of every shrink are plain JSON-able state, checkpointed through 
 sampler owns the search state, the ``PoolShrinking`` callback only decides when to shrink.
 
 The hard latency limit (section 3.3, "Candidate evaluation with latency constraint") is a
-``LatencyLimit``: a completion counts only if ``latency_model(arch) <= max_latency``. Training
-completions are drawn by rejection sampling with a bounded number of tries (the paper's text leaves
+``LatencyLimit``: a completion counts only if ``latency_model(arch) <= max_latency``. Training draws
+the member uniformly first, then one of its completions by rejection sampling with a bounded number of
+tries, so the limit does not bias which member trains (the paper's text leaves
 training unconstrained; we keep the trained archs inside the limit the pool is searched under:
 docs/design_choices.md, "PC-NAS"). The warm-up samples uniformly from the whole space, as
 Algorithm 2's ``Warm-up`` does.
@@ -104,6 +105,11 @@ def valid_completions(space: SearchSpace, prefix: Sequence[int], n: int, generat
     return found[:n]
 
 
+def prefix_text(space: SearchSpace, prefix: Sequence[int]) -> str:
+    """``prefix`` with decision names, for messages: ``[layer0=nor_conv_3x3, layer1=skip_connect]``."""
+    return "[" + ", ".join(f"{d.name}={d.choices[i]}" for d, i in zip(space.decisions, prefix)) + "]"
+
+
 class PartialModelPool:
     """The pool of Algorithm 2: P partial models of equal length, best first, and the shrink history.
 
@@ -170,7 +176,10 @@ def top_partial_models(candidates: Sequence[Prefix], potentials: Sequence[float 
 
 class PoolSampler(ArchSampler):
     """Arch of step t: uniform during the warm-up; then a pool member drawn uniformly, and a completion
-    of it drawn uniformly among those within the latency limit (section 3.3). Every draw comes from
+    of it drawn uniformly among those within the latency limit (section 3.3). The member is drawn first and
+    alone, so it does not depend on the limit (a joint draw of member and completion, retried until the
+    limit holds, would train members with more valid completions more often); the completion is then
+    drawn by rejection sampling over that member's completions only. Every draw comes from
     ``step_generator(seed, "pool", t)``, so all DDP ranks train the same arch and a resumed run draws
     what an uninterrupted one would.
 
@@ -182,7 +191,7 @@ class PoolSampler(ArchSampler):
             default, in MFLOPs).
         latency_table: instead of ``latency_model``, a measured lookup table file (``nas-lightning
             measure-latency``, ms), read as it is so every rank has the same numbers.
-        max_tries: draws before the limit is declared impossible to meet.
+        max_tries: completions of the drawn member tried before its limit is declared impossible to meet.
     """
 
     def __init__(self, space: SearchSpace, seed: int = 0, max_latency: float | None = None,
@@ -204,16 +213,19 @@ class PoolSampler(ArchSampler):
         generator = step_generator(self.seed, "pool", step)
         if not self.pool.members:
             return self.space.sample(generator)
+        # The member is the step's first draw, whatever the limit: every member trains equally often, however
+        # few of its completions meet the limit (section 3.3 samples a partial model, then completes it).
         n = len(self.pool.members)
-        for _ in range(self.max_tries):
-            member = self.pool.members[int(torch.randint(n, (1,), generator=generator))]
-            arch = complete(self.space, member, 1, generator)[0]
-            if self.limit.ok(arch):
-                return arch
-        raise RuntimeError(
-            f"no completion of the {n} pool members met {self.limit.describe()} in {self.max_tries} tries "
-            f"at step {step}; relax max_latency (raise it above {self.limit.max_latency}) or raise max_tries"
-        )
+        i = int(torch.randint(n, (1,), generator=generator))
+        member = self.pool.members[i]
+        found = valid_completions(self.space, member, 1, generator, self.limit, self.max_tries)
+        if not found:
+            raise RuntimeError(
+                f"no completion of pool member {i + 1} of {n}, {prefix_text(self.space, member)}, met "
+                f"{self.limit.describe()} in {self.max_tries} tries at step {step}; relax max_latency (raise it "
+                f"above {self.limit.max_latency}) or raise max_tries"
+            )
+        return found[0]
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -17,8 +17,10 @@ Algorithm, as in the official code:
    parent (each decision resampled with ``mutation_prob``), ``num_crossover`` children from a uniform
    crossover of two random top-k parents, and random archs to refill the population. A candidate is
    skipped if it was seen before (scored or infeasible), is already in the population, or breaks the
-   constraint; the constraint (``max_flops`` on ``space.flops``, ``max_params`` on ``space.params``)
-   is checked before evaluation, so an arch over the limit is never scored.
+   constraint; the constraint (``max_flops`` on ``space.flops``, ``max_params`` on ``space.params``,
+   ``max_latency`` on a ``LatencyModel``: a measured ``LatencyTable`` or the ``FlopsProxy``, as PC-NAS's
+   limit, arXiv:1910.02543 section 3.3) is checked before evaluation, so an arch over the limit is never
+   scored.
 
 Every candidate is replaced by ``space.canonical(arch)`` first, so of archs that compute the same
 function (NAS-Bench-201's isomorphic cells) only one representative is scored and listed.
@@ -33,11 +35,18 @@ wanted arch, so a tiny space or a very tight constraint cannot hang the search.
 All randomness comes from one ``torch.Generator`` seeded with ``config.seed``: every DDP rank that
 gets the same scores computes the same search. The state after each generation is a plain JSON-able
 dict (``EvolutionResult.to_dict``), including the generator state, so a resumed search gives exactly
-the result of an uninterrupted one.
+the result of an uninterrupted one. The state also records what it belongs to: its settings
+(``search_settings``: the config and the latency model) and the caller's ``provenance`` (which supernet
+and evaluation scored it, see ``nas_lightning.search.evolution_run``). A state resumes only under equal
+settings (``generations`` may grow: more generations continue the same search) and equal provenance;
+anything else is refused with ``EvolutionStateMismatch`` naming each difference, since its scores would
+not be this search's.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -48,12 +57,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from nas_lightning.latency.base import FlopsProxy, LatencyModel
+from nas_lightning.latency.table import LatencyTable
 from nas_lightning.spaces import Arch, SearchSpace
 from nas_lightning.utils import atomic_write_json
+from nas_lightning.utils.atomic import strict_json
 
-STATE_VERSION = 1
+# 2: the state records its settings' latency model and its provenance (version 1 recorded neither).
+STATE_VERSION = 2
 
 ScoreFn = Callable[[list[Arch]], Sequence[float]]
+
+
+#: the hard limits of ``EvolutionConfig``, each checked before an arch is scored
+LIMITS = ("max_flops", "max_params", "max_latency")
+
+
+class EvolutionStateMismatch(ValueError):
+    """A saved evolution state that belongs to another search (other settings, supernet or evaluation)."""
 
 
 @dataclass
@@ -68,6 +89,7 @@ class EvolutionConfig:
     mutation_prob: float = 0.1
     max_flops: float | None = None
     max_params: float | None = None
+    max_latency: float | None = None  # in the latency model's unit (ms for a LatencyTable, MFLOPs for FlopsProxy)
     max_tries_factor: int = 10  # attempts per wanted arch before giving up on filling
     seed: int = 0
 
@@ -80,7 +102,7 @@ class EvolutionConfig:
                 raise ValueError(f"EvolutionConfig.{name} must be an int >= {low}, got {value!r}")
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise ValueError(f"EvolutionConfig.mutation_prob must lie in [0, 1], got {self.mutation_prob}")
-        for name in ("max_flops", "max_params"):
+        for name in LIMITS:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"EvolutionConfig.{name} must be positive or None, got {value}")
@@ -89,6 +111,88 @@ class EvolutionConfig:
 # Fields that may differ between a saved state and the config it resumes under: more generations
 # just continue the same search.
 _RESUMABLE_CHANGES = frozenset({"generations"})
+# Provenance entries that describe but do not identify: the same weights read from a moved file are the same
+# supernet; the step is shown to help a reader, the weights' hash decides.
+_DESCRIPTIVE = frozenset({"checkpoint.path", "checkpoint.global_step"})
+
+
+def build_latency_model(space: SearchSpace, latency_model: Callable[[SearchSpace], LatencyModel] | None = None,
+                        latency_table: str | os.PathLike[str] | None = None) -> LatencyModel:
+    """The latency model of ``space`` from the arguments ``PoolSampler`` takes, so one set of values configures
+    both: a factory ``space -> LatencyModel`` (default ``FlopsProxy``, MFLOPs), or a measured table file read
+    as it is (``LatencyTable.load``, ms)."""
+    if latency_table is not None and latency_model is not None:
+        raise ValueError("give latency_model or latency_table, not both")
+    if latency_table is not None:
+        return LatencyTable.load(space, latency_table)
+    return (latency_model or FlopsProxy)(space)
+
+
+def latency_signature(model: LatencyModel) -> dict[str, Any]:
+    """What identifies a latency model's numbers: its class and unit, a hash of its table where it has one
+    (``LatencyTable``), and its plain settings (e.g. ``FlopsProxy.scale``); not where a table was read from."""
+    sig: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}", "unit": model.unit}
+    table = getattr(model, "table", None)
+    if isinstance(table, dict):
+        text = json.dumps(strict_json(table), sort_keys=True)
+        sig["table_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    sig.update({k: v for k, v in sorted(vars(model).items())
+                if not k.startswith("_") and k != "path" and isinstance(v, bool | int | float | str)})
+    return sig
+
+
+def search_settings(config: EvolutionConfig, latency_model: LatencyModel | None = None) -> dict[str, Any]:
+    """The settings a state records and a resume must match: the config and, under ``max_latency``, the
+    latency model's signature; as they read back from a JSON file."""
+    settings = {**asdict(config),
+                "latency_model": None if config.max_latency is None or latency_model is None
+                else latency_signature(latency_model)}
+    return json.loads(json.dumps(strict_json(settings)))
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj} if prefix else {}
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _checkpoint_text(checkpoint: Any) -> str:
+    if not isinstance(checkpoint, dict):
+        return "none recorded"
+    digest = checkpoint.get("weights_sha256")
+    return (f"{checkpoint.get('path') or '(no file)'} (global_step {checkpoint.get('global_step')}, "
+            f"weights sha256 {str(digest)[:12]})")
+
+
+def resume_mismatches(state: dict[str, Any], settings: dict[str, Any],
+                      provenance: dict[str, Any] | None = None) -> list[str]:
+    """Every difference between a saved state and the search about to resume it, one line each; empty if
+    it may resume. ``settings`` is ``search_settings(...)``; ``provenance`` a JSON-able nested dict whose
+    leaves must all be equal, except the descriptive ``checkpoint.path`` and ``checkpoint.global_step``."""
+    version = state.get("version")
+    if version != STATE_VERSION:
+        return [f"state format: version {version!r}, this nas-lightning writes version {STATE_VERSION} (older "
+                "states do not record the checkpoint and settings they belong to)"]
+    saved = state.get("config") or {}
+    problems = [f"{k}: saved {_short(saved.get(k))}, now {_short(v)}" for k, v in settings.items()
+                if k not in _RESUMABLE_CHANGES and saved.get(k) != v]
+    old = _flat(state.get("provenance") or {})
+    new = _flat(json.loads(json.dumps(strict_json(provenance or {}))))
+    keys = [k for k in dict.fromkeys([*new, *old]) if k not in _DESCRIPTIVE and old.get(k) != new.get(k)]
+    if any(k.startswith("checkpoint.") for k in keys):
+        problems.append(f"checkpoint: saved {_checkpoint_text((state.get('provenance') or {}).get('checkpoint'))}, "
+                        f"now {_checkpoint_text((provenance or {}).get('checkpoint'))}")
+    problems += [f"{k}: saved {_short(old.get(k))}, now {_short(new.get(k))}" for k in keys
+                 if not k.startswith("checkpoint.")]
+    return problems
 
 
 @dataclass
@@ -101,7 +205,8 @@ class EvolutionResult:
     infeasible: set[Arch] = field(default_factory=set)  # archs seen but over the constraint, never scored
     generation: int = -1  # last completed generation
     generator_state: list[int] | None = None  # torch.Generator state after ``generation``
-    config: dict[str, Any] | None = None  # asdict(EvolutionConfig)
+    config: dict[str, Any] | None = None  # search_settings(config, latency_model)
+    provenance: dict[str, Any] | None = None  # what the scores belong to (supernet, evaluation); the caller's
 
     @property
     def best(self) -> tuple[Arch, float]:
@@ -120,6 +225,7 @@ class EvolutionResult:
             "scores": [[str(a), s] for a, s in self.scores.items()],
             "infeasible": sorted(str(a) for a in self.infeasible),
             "generator_state": self.generator_state,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -137,6 +243,7 @@ class EvolutionResult:
             generation=int(d["generation"]),
             generator_state=None if state is None else [int(x) for x in state],
             config=d.get("config"),
+            provenance=d.get("provenance"),
         )
 
 
@@ -161,8 +268,10 @@ def _randint(high: int, generator: torch.Generator) -> int:
 class _Pool:
     """Collects new candidates for one generation: unseen, distinct and within the constraint."""
 
-    def __init__(self, space: SearchSpace, config: EvolutionConfig, seen: set[Arch], infeasible: set[Arch]):
+    def __init__(self, space: SearchSpace, config: EvolutionConfig, seen: set[Arch], infeasible: set[Arch],
+                 latency_model: LatencyModel | None = None):
         self.space, self.config, self.seen, self.infeasible = space, config, seen, infeasible
+        self.latency_model = latency_model
         self.archs: list[Arch] = []
         self._members: set[Arch] = set()
 
@@ -171,6 +280,8 @@ class _Pool:
         if c.max_flops is not None and self.space.flops(arch) > c.max_flops:
             return False
         if c.max_params is not None and self.space.params(arch) > c.max_params:
+            return False
+        if c.max_latency is not None and self.latency_model is not None and self.latency_model(arch) > c.max_latency:
             return False
         return True
 
@@ -200,20 +311,11 @@ class _Pool:
         return added
 
 
-def _limits(config: EvolutionConfig) -> str:
+def _limits(config: EvolutionConfig, latency_model: LatencyModel | None) -> str:
     parts = [f"{n}={getattr(config, n)}" for n in ("max_flops", "max_params") if getattr(config, n) is not None]
+    if config.max_latency is not None and latency_model is not None:
+        parts.append(f"max_latency={config.max_latency} {latency_model.unit} ({type(latency_model).__name__})")
     return " and ".join(parts)
-
-
-def _check_resume_config(saved: dict[str, Any] | None, config: EvolutionConfig) -> None:
-    if saved is None:
-        return
-    now = asdict(config)
-    diff = [f"{k}: saved {saved.get(k)!r} vs {now[k]!r}" for k in now
-            if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
-    if diff:
-        raise ValueError("cannot resume an evolution state under a different config (" + "; ".join(diff)
-                         + "); only 'generations' may change")
 
 
 def evolution_search(
@@ -223,6 +325,8 @@ def evolution_search(
     progress: bool = True,
     state: dict[str, Any] | None = None,
     on_generation_end: Callable[[dict[str, Any]], None] | None = None,
+    latency_model: LatencyModel | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> EvolutionResult:
     """SPOS evolutionary search; see the module docstring.
 
@@ -233,19 +337,31 @@ def evolution_search(
         config: search settings, ``EvolutionConfig()`` by default.
         progress: show a tqdm bar, one tick per generation.
         state: a dict from ``EvolutionResult.to_dict`` (e.g. passed to ``on_generation_end`` and saved)
-            to resume from; the config must match except for ``generations``.
+            to resume from; its settings must match except for ``generations``, and its provenance must match
+            ``provenance`` (``EvolutionStateMismatch`` otherwise).
         on_generation_end: receives the state dict after every generation (write it atomically).
+        latency_model: what ``config.max_latency`` limits; default ``FlopsProxy(space)`` (MFLOPs), as
+            ``PoolSampler``'s. See ``build_latency_model``.
+        provenance: JSON-able description of what scores the archs (the supernet's checkpoint, the
+            evaluation settings), recorded in the state and compared on resume (``resume_mismatches``).
     """
     config = config or EvolutionConfig()
+    if config.max_latency is not None and latency_model is None:
+        latency_model = FlopsProxy(space)
+    settings = search_settings(config, latency_model)
     generator = torch.Generator().manual_seed(config.seed)
     if state is not None:
+        problems = resume_mismatches(state, settings, provenance)
+        if problems:
+            raise EvolutionStateMismatch("cannot resume this evolution state, it belongs to another search: "
+                                         + "; ".join(problems) + " (only 'generations' may change)")
         result = EvolutionResult.from_dict(space, state)
-        _check_resume_config(result.config, config)
         if result.generator_state is not None:
             generator.set_state(torch.tensor(result.generator_state, dtype=torch.uint8))
     else:
         result = EvolutionResult(top=[], history=[], scores={})
-    result.config = asdict(config)
+    result.config = settings
+    result.provenance = None if provenance is None else json.loads(json.dumps(strict_json(provenance)))
     scores, infeasible = result.scores, result.infeasible
     seen = set(scores) | infeasible
     num_archs = space.num_archs
@@ -256,13 +372,13 @@ def evolution_search(
         for gen in range(result.generation + 1, config.generations + 1):
             if len(seen) >= num_archs:
                 break  # every arch was scored or ruled out: nothing new can be bred
-            pool = _Pool(space, config, seen, infeasible)
+            pool = _Pool(space, config, seen, infeasible, latency_model)
             if gen == 0:
                 pool.fill(config.population, lambda n: space.sample_many(n, generator))
                 if not pool.archs:
                     tries = config.max_tries_factor * config.population
                     raise ValueError(
-                        f"no arch out of {tries} random tries meets {_limits(config)}; raise the limit "
+                        f"no arch out of {tries} random tries meets {_limits(config, latency_model)}; raise the limit "
                         f"(or max_tries_factor, now {config.max_tries_factor}) so the initial population can be filled"
                     )
             else:

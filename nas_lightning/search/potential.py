@@ -14,8 +14,11 @@ Choices fixed here (the paper leaves them open; docs/design_choices.md, "PC-NAS"
 
 - Completions of all candidates are drawn, candidate by candidate, from one generator derived from
   (seed, "potential", shrink index), so every rank draws the same ones and a rerun draws them again.
-- Completion j of a candidate uses validation batch ``j mod B`` (B = number of batches given): every
-  candidate is scored on the same batches in the same proportions.
+- Completion j of a candidate uses batch ``j mod B`` of the B batches given: every candidate is scored on
+  the same batches in the same proportions, so how hard a batch is weighs on every candidate alike and
+  drops out of their comparison. Algorithm 1 scores each completion on one random validation batch:
+  ``PCNAS`` passes B batches drawn afresh for every shrink, seeded, from the whole supernet-val split in a
+  random order, so the batch of each completion is a uniformly random one of the split.
 - BN: batch statistics of the completion's own batch (``bn_recalibration=0``), or, given calibration
   batches, statistics re-estimated on them per arch (docs/design_choices.md, "Inherited weights").
 - A candidate none of whose completions can meet the limit (its cheapest completion, found by
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from nas_lightning.evaluation.inherited import Batch, Reduce, Unit, assign_archs, evaluate_units
-from nas_lightning.samplers.pool import LatencyLimit, Prefix, valid_completions
+from nas_lightning.samplers.pool import LatencyLimit, Prefix, prefix_text, valid_completions
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.supernet.base import Supernet
@@ -85,7 +88,7 @@ def draw_completions(space: SearchSpace, candidates: Sequence[Prefix], num_compl
                 dropped[c] = f"none of {num_completions * max_tries_factor} sampled completions met the limit"
         completions.append(archs)
         batch_ids.append([j % num_batches for j in range(len(archs))])
-    names = [_prefix_text(space, p) for p in candidates]
+    names = [prefix_text(space, p) for p in candidates]
     for c, why in dropped.items():
         warnings.warn(f"PC-NAS: dropped candidate {names[c]} under {limit.describe()}: {why}", stacklevel=2)
     if len(dropped) == len(candidates):
@@ -96,10 +99,6 @@ def draw_completions(space: SearchSpace, candidates: Sequence[Prefix], num_compl
             f"{limit.cheapest_completion(space, ())[1]:.4g} {limit.model.unit}) or set max_latency: null"
         )
     return CompletionDraws(list(candidates), completions, batch_ids, dropped)
-
-
-def _prefix_text(space: SearchSpace, prefix: Prefix) -> str:
-    return "[" + ", ".join(f"{d.name}={d.choices[i]}" for d, i in zip(space.decisions, prefix)) + "]"
 
 
 def potentials(supernet: Supernet, candidates: Sequence[Prefix], batches: Sequence[Batch], num_completions: int,

@@ -4,6 +4,7 @@ from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import NETWORKS, ArchFormatError, Decision, SearchSpace
 from nas_lightning.spaces.chain import CHAIN_OPS, ChainSpace
 from nas_lightning.spaces.darts import DARTS_PRIMITIVES, DARTS_V2_GENOTYPE, DartsSpace, Edge, Gene, ParentPair
+from nas_lightning.spaces.deeper_insights import DEEPER_INSIGHTS_EDGES, DEEPER_INSIGHTS_OPS, DeeperInsightsSpace
 from nas_lightning.spaces.mobilenet import MOBILENET_LARGE_OPS, MOBILENET_SMALL_OPS, MobileNetSpace
 from nas_lightning.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201Space
 
@@ -11,6 +12,8 @@ __all__ = [
     "CHAIN_OPS",
     "DARTS_PRIMITIVES",
     "DARTS_V2_GENOTYPE",
+    "DEEPER_INSIGHTS_EDGES",
+    "DEEPER_INSIGHTS_OPS",
     "MOBILENET_LARGE_OPS",
     "MOBILENET_SMALL_OPS",
     "NB201_EDGES",
@@ -21,6 +24,7 @@ __all__ = [
     "ChainSpace",
     "DartsSpace",
     "Decision",
+    "DeeperInsightsSpace",
     "Edge",
     "Gene",
     "MobileNetSpace",

@@ -2,10 +2,10 @@
 
 A space is an ordered list of decisions, each with named choices. It samples, encodes and decodes
 archs, enumerates itself when small, mutates and crosses archs over for evolution, and counts params
-and FLOPs per arch (cached). It owns its grammar and knows nothing about modules or training: the
-network that runs its archs is registered for its class in ``NETWORKS`` by ``nas_lightning.supernet``
-(which imports the spaces, never the other way round), and ``build_supernet`` / ``build_network``
-look it up there.
+and FLOPs per arch (cached; looked up in an additive cost table where the space has one). It owns its
+grammar and knows nothing about modules or training: the network that runs its archs is registered for
+its class in ``NETWORKS`` by ``nas_lightning.supernet`` (which imports the spaces, never the other way
+round), and ``build_supernet`` / ``build_network`` look it up there.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ class ArchFormatError(ValueError):
     """An arch string, dict or index list that does not belong to the space."""
 
 
+#: Longest value an error message repeats in full (``short_repr``).
+SHOWN_CHARS = 200
+
+
+def short_repr(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message; a longer one (a multi-megabyte arch string, say) is cut to its
+    start and its length, so the message stays one readable line."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(value)
+    start = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{start}... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class Decision:
     name: str
@@ -38,9 +52,51 @@ class Decision:
             return self.choices.index(choice)
         except ValueError:
             raise ArchFormatError(
-                f"unknown op {choice!r} for decision {self.name!r} in {context!r}; "
+                f"unknown op {short_repr(choice)} for decision {self.name!r} in {short_repr(context)}; "
                 f"choose one of {list(self.choices)}"
             ) from None
+
+
+#: ``SearchSpace.cost`` keeps at most this many archs of a space with a cost table (lookups are cheap to redo).
+TABLE_COST_CACHE_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class OpSite:
+    """One place where a decision's op runs: built as ``build_candidate(op, c_in, c_out, stride)`` by the
+    space's network class, it sees inputs of ``input_shape`` (channels, height, width)."""
+
+    c_in: int
+    c_out: int
+    stride: int
+    input_shape: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """An additive cost model: (params, FLOPs) of an arch = ``fixed`` + the sum over decisions d of
+    ``entries[d][choice_d]``."""
+
+    fixed: tuple[int, int]
+    entries: tuple[tuple[tuple[int, int], ...], ...]
+
+    def __call__(self, indices: Sequence[int]) -> tuple[int, int]:
+        params, flops = self.fixed
+        for row, i in zip(self.entries, indices, strict=True):
+            p, f = row[i]
+            params, flops = params + p, flops + f
+        return params, flops
+
+
+def count_module_cost(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, int]:
+    """(params, FLOPs) of ``module`` in eval mode on one input of ``input_shape``, FLOPs counted by
+    ``torch.utils.flop_counter`` (a multiply-add is 2)."""
+    params = sum(p.numel() for p in module.parameters())
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module(torch.zeros(1, *input_shape))
+    return params, int(counter.get_total_flops())
 
 
 class SearchSpace(ABC):
@@ -55,6 +111,8 @@ class SearchSpace(ABC):
 
     def __init__(self) -> None:
         self._cost_cache: dict[tuple[int, ...], tuple[int, int]] = {}
+        self._cost_table: CostTable | None = None
+        self._cost_table_known = False
 
     # --- structure -------------------------------------------------------------------------------
     @property
@@ -87,7 +145,7 @@ class SearchSpace(ABC):
         if len(indices) != self.num_decisions:
             raise ArchFormatError(
                 f"{type(self).__name__} archs have {self.num_decisions} decisions, "
-                f"got {len(indices)}: {indices}"
+                f"got {len(indices)}: {short_repr(indices)}"
             )
         for i, d in zip(indices, self.decisions):
             if not 0 <= i < len(d.choices):
@@ -102,7 +160,8 @@ class SearchSpace(ABC):
         names = self.parse(text.strip())
         if len(names) != self.num_decisions:
             raise ArchFormatError(
-                f"{text!r} has {len(names)} choices but {type(self).__name__} has {self.num_decisions} decisions"
+                f"{short_repr(text)} has {len(names)} choices but {type(self).__name__} has {self.num_decisions} "
+                "decisions"
             )
         return self.arch([d.index(n, text) for n, d in zip(names, self.decisions)])
 
@@ -119,7 +178,8 @@ class SearchSpace(ABC):
         missing = [d.name for d in self.decisions if d.name not in choices]
         extra = sorted(set(choices) - {d.name for d in self.decisions})
         if missing or extra:
-            raise ArchFormatError(f"arch dict does not match {type(self).__name__}: missing {missing}, unknown {extra}")
+            raise ArchFormatError(f"arch dict does not match {type(self).__name__}: missing {short_repr(missing)}, "
+                                  f"unknown {short_repr(extra)}")
         return self.arch([d.index(choices[d.name], str(choices)) for d in self.decisions])
 
     def to_tensor(self, archs: Sequence[Arch]) -> torch.Tensor:
@@ -173,23 +233,82 @@ class SearchSpace(ABC):
     def cost(self, arch: Arch) -> tuple[int, int]:
         """(params, FLOPs) of the stand-alone network, cached per arch.
 
-        FLOPs are counted by ``torch.utils.flop_counter`` for one input image (a multiply-add is 2).
+        FLOPs are counted by ``torch.utils.flop_counter`` for one input image (a multiply-add is 2). A space with
+        a cost table (``cost_table``) looks the pair up there, exactly; any other space counts each arch's
+        network (``count_cost``).
         """
-        if arch.indices not in self._cost_cache:
-            net = self.build_network(arch)
-            params = sum(p.numel() for p in net.parameters())
-            net.eval()
-            counter = FlopCounterMode(display=False)
-            with counter, torch.no_grad():
-                net(torch.zeros(1, *self.input_shape))
-            self._cost_cache[arch.indices] = (params, int(counter.get_total_flops()))
-        return self._cost_cache[arch.indices]
+        cost = self._cost_cache.get(arch.indices)
+        if cost is None:
+            table = self.cost_table()
+            if table is None:
+                cost = self.count_cost(arch)
+            else:
+                if len(self._cost_cache) >= TABLE_COST_CACHE_SIZE:
+                    self._cost_cache.clear()  # PC-NAS draws millions of completions: keep memory bounded
+                cost = table(arch.indices)
+            self._cost_cache[arch.indices] = cost
+        return cost
 
     def params(self, arch: Arch) -> int:
         return self.cost(arch)[0]
 
     def flops(self, arch: Arch) -> int:
         return self.cost(arch)[1]
+
+    def count_cost(self, arch: Arch) -> tuple[int, int]:
+        """(params, FLOPs) counted on a stand-alone network of ``arch`` built for the purpose (not cached)."""
+        return count_module_cost(self.build_network(arch), self.input_shape)
+
+    def op_sites(self, decision: int) -> list[OpSite] | None:
+        """Hook of additive spaces: every place where the op chosen at ``decision`` runs in the stand-alone network.
+
+        A space returns the sites only where no choice changes anything but its own op's params and FLOPs: each
+        site's input shape is fixed by the macro structure, whatever the other decisions choose. None (the
+        default): not additive, and ``cost`` counts each arch's network.
+        """
+        return None
+
+    def cost_table(self) -> CostTable | None:
+        """The space's additive cost model, computed once; None where ``op_sites`` is None for some decision.
+
+        The entry of (decision, choice) counts the op (built by the network class's ``build_candidate``, as its
+        choice blocks build it) in isolation on the input shape of each of its sites; the fixed part is the count
+        of the first arch's network (every decision at its first choice) less that arch's entries. The table must
+        reproduce the count of the last arch's network (every decision at its last choice), or this raises.
+        """
+        if not self._cost_table_known:
+            sites = [self.op_sites(d) for d in range(self.num_decisions)]
+            known = [s for s in sites if s is not None]
+            self._cost_table = self._additive_cost_table(known) if len(known) == len(sites) else None
+            self._cost_table_known = True
+        return self._cost_table
+
+    def _additive_cost_table(self, sites: list[list[OpSite]]) -> CostTable:
+        build = self.network_class.build_candidate  # type: ignore[attr-defined]
+        counted: dict[tuple[str, OpSite], tuple[int, int]] = {}  # equal sites (cells, layers) are counted once
+
+        def entry(op: str, op_sites: list[OpSite]) -> tuple[int, int]:
+            params = flops = 0
+            for site in op_sites:
+                if (op, site) not in counted:
+                    counted[op, site] = count_module_cost(build(op, site.c_in, site.c_out, site.stride),
+                                                          site.input_shape)
+                params, flops = params + counted[op, site][0], flops + counted[op, site][1]
+            return params, flops
+
+        entries = tuple(tuple(entry(op, s) for op in d.choices) for d, s in zip(self.decisions, sites))
+        first = self.arch([0] * self.num_decisions)
+        params, flops = self.count_cost(first)
+        choice_params, choice_flops = CostTable((0, 0), entries)(first.indices)
+        table = CostTable((params - choice_params, flops - choice_flops), entries)
+        last = self.arch([len(d.choices) - 1 for d in self.decisions])
+        if table(last.indices) != (counted_last := self.count_cost(last)):
+            raise RuntimeError(
+                f"{type(self).__name__}.op_sites does not describe its network: the cost table gives (params, FLOPs) "
+                f"{table(last.indices)} for {last.text!r}, counting its network gives {counted_last}; fix "
+                f"op_sites, or return None where a choice changes the cost of anything but its own op"
+            )
+        return table
 
     # --- builders ----------------------------------------------------------------------------------
     @property

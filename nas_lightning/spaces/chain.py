@@ -13,7 +13,7 @@ from functools import cached_property
 
 from typing_extensions import override
 
-from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
+from nas_lightning.spaces.base import ArchFormatError, Decision, OpSite, SearchSpace, short_repr
 
 #: The ops a chain layer may choose among.
 CHAIN_OPS: tuple[str, ...] = (
@@ -58,5 +58,12 @@ class ChainSpace(SearchSpace):
     def parse(self, text: str) -> list[str]:
         if not (text.startswith("|") and text.endswith("|")) or len(text) < 3:
             example = self.format(self.ops[:1] * self.num_layers)
-            raise ArchFormatError(f"chain arch {text!r} must read '|op|op|...|', e.g. {example!r}")
+            raise ArchFormatError(f"chain arch {short_repr(text)} must read '|op|op|...|', e.g. {example!r}")
         return text[1:-1].split("|")
+
+    @override
+    def op_sites(self, decision: int) -> list[OpSite]:
+        """Each layer's op runs once, on the stem's output (``C`` channels, side ``ceil(input_size /
+        stem_stride)``); every chain op keeps that shape, so the cost is additive (``SearchSpace.cost_table``)."""
+        size = (self.input_size - 1) // self.stem_stride + 1
+        return [OpSite(self.C, self.C, 1, (self.C, size, size))]

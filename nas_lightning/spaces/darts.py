@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
-from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
+from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace, short_repr
 
 #: The DARTS ``PRIMITIVES``, in the authors' order.
 DARTS_PRIMITIVES: tuple[str, ...] = (
@@ -110,6 +110,11 @@ class DartsSpace(SearchSpace):
         supernet_bn_affine: whether the supernet's cell BN layers (ops and preprocessing) learn affine
             parameters (the DARTS search network and SPOS: no). Stand-alone networks always have them,
             as in the DARTS evaluation network.
+
+    No cost table (``SearchSpace.op_sites`` stays None): the cost is not additive over the decisions. In a
+    reduction cell an edge from node 0 or 1 runs its op at stride 2 and one from a later node at stride 1,
+    so the cost of ``op_a`` / ``op_b`` depends on the ``parents`` decision (a ``skip_connect`` is a
+    ``FactorizedReduce`` or nothing); ``cost`` counts each arch's network.
     """
 
     def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
@@ -184,25 +189,28 @@ class DartsSpace(SearchSpace):
             call = ast.parse(text, mode="eval").body
         except (SyntaxError, ValueError) as e:
             raise ArchFormatError(
-                f"DARTS arch {text!r} is not a Genotype(...) expression ({e}); e.g. {_EXAMPLE}"
+                f"DARTS arch {short_repr(text)} is not a Genotype(...) expression ({short_repr(str(e))}); "
+                f"e.g. {_EXAMPLE}"
             ) from None
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"
                 and not call.args):
-            raise ArchFormatError(f"DARTS arch {text!r} must be Genotype(...) with keyword fields; e.g. {_EXAMPLE}")
+            raise ArchFormatError(f"DARTS arch {short_repr(text)} must be Genotype(...) with keyword fields; "
+                                  f"e.g. {_EXAMPLE}")
         fields = {kw.arg: kw.value for kw in call.keywords}
         if set(fields) != set(_FIELDS) or len(fields) != len(call.keywords):
-            raise ArchFormatError(f"DARTS arch {text!r} must have exactly the fields {list(_FIELDS)}")
+            raise ArchFormatError(f"DARTS arch {short_repr(text)} must have exactly the fields {list(_FIELDS)}")
         choices: list[str] = []
         for cell in DARTS_CELL_TYPES:
             concat = _concat(fields[f"{cell}_concat"], text)
             if concat != _CONCAT:
-                raise ArchFormatError(f"{cell}_concat of {text!r} is {concat}; this space concatenates {_CONCAT}")
+                raise ArchFormatError(f"{cell}_concat of {short_repr(text)} is {short_repr(concat)}; "
+                                      f"this space concatenates {_CONCAT}")
             edges = _edges(fields[cell], cell, text)
             for n, node in enumerate(DARTS_NODES):
                 (op_a, a), (op_b, b) = sorted(edges[2 * n: 2 * n + 2], key=lambda e: e[1])
                 if a == b or not 0 <= a < b < node:
                     raise ArchFormatError(
-                        f"node {node} of the {cell} cell in {text!r} has parents {a} and {b}; "
+                        f"node {node} of the {cell} cell in {short_repr(text)} has parents {a} and {b}; "
                         f"it needs two distinct parents among 0..{node - 1}"
                     )
                 choices += [op_a, op_b, str(ParentPair(a, b))]
@@ -213,7 +221,8 @@ def _literal(node: ast.expr, what: str, text: str) -> Any:
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError):
-        raise ArchFormatError(f"{what} of {text!r} must be a literal list, got {ast.unparse(node)!r}") from None
+        raise ArchFormatError(f"{what} of {short_repr(text)} must be a literal list, "
+                             f"got {short_repr(ast.unparse(node))}") from None
 
 
 def _concat(node: ast.expr, text: str) -> list[int]:
@@ -221,7 +230,8 @@ def _concat(node: ast.expr, text: str) -> list[int]:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
         args = [_literal(a, "range argument", text) for a in node.args]
         if not args or len(args) > 3 or not all(isinstance(a, int) for a in args) or node.keywords:
-            raise ArchFormatError(f"bad concat {ast.unparse(node)!r} in {text!r}; use [2, 3, 4, 5]")
+            raise ArchFormatError(f"bad concat {short_repr(ast.unparse(node))} in {short_repr(text)}; "
+                                  "use [2, 3, 4, 5]")
         return list(range(*args))
     value = _literal(node, "concat", text)
     return list(value) if isinstance(value, (list, tuple)) else value
@@ -238,11 +248,12 @@ def _edges(node: ast.expr, cell: str, text: str) -> list[tuple[str, int]]:
     for e in value if isinstance(value, (list, tuple)) else [value]:
         if not (isinstance(e, (list, tuple)) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], int)
                 and not isinstance(e[1], bool)):
-            raise ArchFormatError(f"edge {e!r} of the {cell} cell in {text!r} must read ('op', parent)")
+            raise ArchFormatError(f"edge {short_repr(e)} of the {cell} cell in {short_repr(text)} must read "
+                                  "('op', parent)")
         edges.append((e[0], e[1]))
     if len(edges) != 2 * len(DARTS_NODES):
         raise ArchFormatError(
-            f"the {cell} cell of {text!r} lists {len(edges)} edges; it needs {2 * len(DARTS_NODES)}, "
+            f"the {cell} cell of {short_repr(text)} lists {len(edges)} edges; it needs {2 * len(DARTS_NODES)}, "
             f"two per node {list(DARTS_NODES)}"
         )
     return edges

@@ -35,7 +35,7 @@ from timm.layers import make_divisible
 from torch import nn
 from typing_extensions import override
 
-from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
+from nas_lightning.spaces.base import ArchFormatError, Decision, OpSite, SearchSpace, short_repr
 
 MOBILENET_SMALL_OPS: tuple[str, ...] = (
     "MBConv_1_3", "MBConv_3_3", "MBConv_6_3", "MBConv_1_5", "MBConv_3_5", "MBConv_6_5",
@@ -148,7 +148,8 @@ class MobileNetSpace(SearchSpace):
         if len(stages) != len(self.depths) or [len(s.split("-")) for s in stages] != self.depths:
             got = [len(s.split("-")) for s in stages]
             raise ArchFormatError(
-                f"MobileNet arch {text!r} has layers per stage {got}, expected {self.depths}: one op per layer, "
+                f"MobileNet arch {short_repr(text)} has layers per stage {short_repr(got)}, expected {self.depths}: "
+                "one op per layer, "
                 f"layers joined by '-', stages by '|', e.g. {self.format([d.choices[0] for d in self.decisions])!r}"
             )
         return [op for stage in stages for op in stage.split("-")]
@@ -157,6 +158,13 @@ class MobileNetSpace(SearchSpace):
     def layer_input_shape(self, decision: int) -> tuple[int, int, int]:
         layer = self.layers[decision]
         return (layer.c_in, layer.input_size, layer.input_size)
+
+    @override
+    def op_sites(self, decision: int) -> list[OpSite]:
+        """The layer's op on the input shape that the macro structure fixes: the cost is additive
+        (``SearchSpace.cost_table``)."""
+        layer = self.layers[decision]
+        return [OpSite(layer.c_in, layer.c_out, layer.stride, self.layer_input_shape(decision))]
 
     def build_layer_op(self, decision: int, op: str) -> nn.Module:
         return self.network_class.build_op(self, decision, op)  # type: ignore[attr-defined]

@@ -26,7 +26,8 @@ from functools import cached_property
 from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
-from nas_lightning.spaces.base import ArchFormatError, Decision, SearchSpace
+from nas_lightning.spaces.base import Decision, OpSite, SearchSpace
+from nas_lightning.spaces.cell_string import format_cell, parse_cell
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: (to_node, from_node) of the six edges of a cell, in arch-string (and decision) order.
@@ -62,31 +63,24 @@ class NB201Space(SearchSpace):
 
     @override
     def format(self, choices: Sequence[str]) -> str:
-        groups = []
-        for node in (1, 2, 3):
-            edges = [f"{c}~{src}" for c, (to, src) in zip(choices, NB201_EDGES) if to == node]
-            groups.append("|" + "|".join(edges) + "|")
-        return "+".join(groups)
+        return format_cell(choices, NB201_EDGES)
 
     @override
     def parse(self, text: str) -> list[str]:
-        groups = text.split("+")
-        if len(groups) != 3:
-            raise ArchFormatError(
-                f"NAS-Bench-201 arch {text!r} must have 3 node groups joined by '+', e.g. "
-                "'|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'"
-            )
-        choices: list[str] = []
-        for node, group in enumerate(groups, start=1):
-            edges = [e for e in group.split("|") if e]
-            if not (group.startswith("|") and group.endswith("|")) or len(edges) != node:
-                raise ArchFormatError(f"node {node} of {text!r} must list {node} edges as '|op~j|', got {group!r}")
-            for src, edge in enumerate(edges):
-                op, sep, j = edge.partition("~")
-                if not sep or j != str(src):
-                    raise ArchFormatError(f"edge {edge!r} of node {node} in {text!r} must read '{op or 'op'}~{src}'")
-                choices.append(op)
-        return choices
+        return parse_cell(text, NB201_EDGES, "NAS-Bench-201",
+                          "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
+
+    @override
+    def op_sites(self, decision: int) -> list[OpSite]:
+        """Every cell runs the edge's op on the cell's shape: ``N`` sites per stage, of ``C``, ``2C`` and ``4C``
+        channels at sides ``input_size``, halved (rounded up) by each stride-2 reduction block. The cost is
+        additive (``SearchSpace.cost_table``): a ``none`` edge adds nothing, and a node whose inputs are all
+        ``none`` is zeros of the same shape, on which the network still runs the ops leaving it."""
+        sites, size = [], self.input_size
+        for stage, c in enumerate((self.C, 2 * self.C, 4 * self.C)):
+            size = size if stage == 0 else (size - 1) // 2 + 1
+            sites += [OpSite(c, c, 1, (c, size, size))] * self.N
+        return sites
 
     def benchmark_unique_str(self, arch: Arch) -> str:
         """xautodl's ``to_unique_str(consider_zero=True)``: the benchmark's 6,466 unique topologies."""

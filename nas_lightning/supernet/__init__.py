@@ -8,8 +8,18 @@ from nas_lightning.supernet.base import Supernet
 from nas_lightning.supernet.chain import ChainNetwork
 from nas_lightning.supernet.choice import ChoiceBlock
 from nas_lightning.supernet.darts import DartsNetwork
+from nas_lightning.supernet.deeper_insights import DeeperInsightsNetwork
 from nas_lightning.supernet.mobilenet import MobileNetNetwork
 from nas_lightning.supernet.nb201 import NB201Network
 from nas_lightning.supernet.ops import OPS
 
-__all__ = ["OPS", "ChainNetwork", "ChoiceBlock", "DartsNetwork", "MobileNetNetwork", "NB201Network", "Supernet"]
+__all__ = [
+    "OPS",
+    "ChainNetwork",
+    "ChoiceBlock",
+    "DartsNetwork",
+    "DeeperInsightsNetwork",
+    "MobileNetNetwork",
+    "NB201Network",
+    "Supernet",
+]

@@ -18,6 +18,8 @@ from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
+from nas_lightning.supernet.copies import path_state_dict, selected_copies
+from nas_lightning.supernet.ops import OPS
 
 
 class Supernet(nn.Module, ABC):
@@ -25,6 +27,12 @@ class Supernet(nn.Module, ABC):
         super().__init__()
         self.space = space
         self.fixed_arch = fixed_arch
+
+    @staticmethod
+    def build_candidate(op: str, c_in: int, c_out: int, stride: int, affine: bool = True) -> nn.Module:
+        """Candidate ``op`` on its own, as this network's choice blocks build it (``SearchSpace.cost_table`` counts
+        it at each ``OpSite``); a network that builds its candidates otherwise overrides this."""
+        return OPS.get(op)(c_in, c_out, stride, affine)
 
     def candidates(self, decision: int) -> list[str]:
         """Choices that get weights at ``decision``: all of them, or the fixed arch's one."""
@@ -41,7 +49,8 @@ class Supernet(nn.Module, ABC):
             arch = self.fixed_arch
         elif self.fixed_arch is not None and arch != self.fixed_arch:
             raise ValueError(f"this network is fixed to {self.fixed_arch}, cannot run {arch}")
-        return self.forward_path(x, arch)
+        with selected_copies(self, arch):  # parts with weight copies run the arch's (nas_lightning.supernet.copies)
+            return self.forward_path(x, arch)
 
     @abstractmethod
     def forward_path(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
@@ -51,10 +60,11 @@ class Supernet(nn.Module, ABC):
         """A stand-alone network of ``arch`` holding this supernet's weights (inherited weights).
 
         The supernet's BN layers may lack affine parameters where the stand-alone network has them;
-        those keep their identity initialisation (weight 1, bias 0), which computes the same thing.
+        those keep their identity initialisation (weight 1, bias 0), which computes the same thing. Parts with
+        weight copies export the copy that ``arch`` picks.
         """
         net = self.space.build_network(arch)
-        shared = self.state_dict()
+        shared = path_state_dict(self, arch)
         own = net.state_dict()
         bn_affine = {
             f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)

@@ -1,4 +1,9 @@
-"""Atomic writes: a reader never sees half a file, and a killed run never leaves one."""
+"""Atomic writes: a reader never sees half a file, and a killed run never leaves one.
+
+Each write goes to a temporary file beside the target, which is then renamed into place. The temporary
+file is created with mode 0666 minus the process umask (0644 under umask 022), as ``open(path, "w")``
+would create the target, not with ``tempfile.mkstemp``'s 0600, which the rename would carry over.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,46 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+_TEMP_NAME_TRIES = 100
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty file beside ``path`` and its descriptor; the kernel applies the umask to mode 0666."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(_TEMP_NAME_TRIES):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path} after {_TEMP_NAME_TRIES} tries")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` (umask's mode), then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` as UTF-8 (newlines as given), atomically; see ``atomic_write_bytes``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def strict_json(obj: Any) -> Any:

@@ -63,7 +63,7 @@ def main(out: Path) -> None:
     # The last shrink (end of the last epoch, so the same weights) recomputed by this rank alone (world
     # size 1): splitting the completions over the ranks must not change the potentials.
     last = model.pool.history[-1]
-    batches = model.batches.fixed_val(3)
+    batches = model.potential_batches("potential", last["shrink"])  # a function of (seed, shrink) alone
     alone = potentials(model.supernet, [tuple(c) for c in last["candidates"]], batches, 12,
                        step_generator(2, "potential", last["shrink"]), model.sampler.limit)
     torch.save({"pool": model.sampler.state_dict(), "shares": record.shares, "archs": record.archs,
