@@ -206,3 +206,21 @@ def test_nb201_strings(tmp_path: Path) -> None:
     gt = load_ground_truth(p, space)
     assert [str(a) for a in gt.archs] == texts
     assert gt.accuracy[space.decode(texts[1])] == 71.0
+
+
+def test_the_shipped_ground_truth_files_load_for_their_spaces() -> None:
+    """configs/ground_truth/results/ holds GT made by `nas-lightning ground-truth`: each loads against its config's
+    space and has the figures its README states."""
+    from pathlib import Path
+
+    from nas_lightning.metrics.ground_truth import load_ground_truth
+    from nas_lightning.spaces import ChainSpace, DeeperInsightsSpace
+
+    results = Path(__file__).parents[1] / "configs" / "ground_truth" / "results"
+    chain = ChainSpace(num_layers=3, ops=("nor_conv_1x1", "nor_conv_3x3", "skip_connect", "avg_pool_3x3"), C=16,
+                       num_classes=10, in_channels=1, input_size=28)
+    deeper = DeeperInsightsSpace(num_classes=10, in_channels=1, input_size=10)
+    for name, space, n, tau in (("chain_fashion_mnist.csv", chain, 32, 0.617),
+                                ("deeper_insights_fashion_mnist.csv", deeper, 64, 0.358)):
+        gt = load_ground_truth(str(results / name), space)
+        assert len(gt.archs) == n and round(gt.seed_to_seed_tau(), 3) == tau
