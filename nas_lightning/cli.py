@@ -25,7 +25,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import yaml
-from jsonargparse import ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 from typing_extensions import override
@@ -338,6 +338,21 @@ def link_data_to_space(parser: ArgumentParser, data: str, space: str) -> None:
     for source, target in DATA_TO_SPACE.items():
         parser.link_arguments(data, f"{space}.init_args.{target}", compute_fn=attrgetter(source),
                               apply_on="instantiate")
+
+
+def run_with_space_and_data(function: Callable[..., object], prog: str, argv: Sequence[str]) -> object:
+    """Run a command ``function(space, data, ...)`` from the command line or a ``--config`` file, the space's
+    classes and image shape linked from the data module as in ``fit`` (a written value the data contradicts is
+    refused)."""
+    parser = ArgumentParser(prog=prog, description=function.__doc__)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_function_arguments(function, as_group=False)
+    link_data_to_space(parser, "data", "space")
+    config = parser.parse_args(list(argv))
+    written = written_space_shape(config.get("space"))
+    init = parser.instantiate(config)
+    refuse_shape_conflicts(written, init.data, "space.init_args")
+    return function(**{k: v for k, v in vars(init).items() if k != "config"})
 
 
 def written_space_shape(space: Namespace | None) -> dict[str, Any]:

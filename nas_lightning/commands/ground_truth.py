@@ -19,11 +19,10 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from tqdm.auto import tqdm
 
-from nas_lightning.cli import link_data_to_space, refuse_shape_conflicts, written_space_shape
+from nas_lightning.cli import run_with_space_and_data
 from nas_lightning.data.base import SplitDataModule
 from nas_lightning.methods.standalone import StandaloneModule
 from nas_lightning.metrics.ground_truth import GroundTruth, save_ground_truth
@@ -175,12 +174,4 @@ def ground_truth_report(gt: GroundTruth, space: SearchSpace) -> str:
 def ground_truth_main(argv: list[str]) -> None:
     """``nas-lightning ground-truth``: the arguments of ``ground_truth``, the space's classes and image
     shape linked from the data module as in ``fit``."""
-    parser = ArgumentParser(prog="nas-lightning ground-truth", description=ground_truth.__doc__)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(ground_truth, as_group=False)
-    link_data_to_space(parser, "data", "space")
-    config = parser.parse_args(argv)
-    written = written_space_shape(config.get("space"))
-    init = parser.instantiate(config)
-    refuse_shape_conflicts(written, init.data, "space.init_args")
-    ground_truth(**{k: v for k, v in vars(init).items() if k != "config"})
+    run_with_space_and_data(ground_truth, "nas-lightning ground-truth", argv)

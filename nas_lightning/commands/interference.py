@@ -18,10 +18,9 @@ import itertools
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 from pytorch_lightning.cli import OptimizerCallable
 
-from nas_lightning.cli import link_data_to_space, refuse_shape_conflicts, written_space_shape
+from nas_lightning.cli import run_with_space_and_data
 from nas_lightning.data.base import SplitDataModule
 from nas_lightning.metrics.interference import MODES, interference, interference_summary, save_interference
 from nas_lightning.spaces.base import SearchSpace
@@ -80,12 +79,4 @@ def interference_command(space: SearchSpace, data: SplitDataModule, arch_a: list
 def interference_main(argv: list[str]) -> None:
     """``nas-lightning interference``: the arguments of ``interference_command``, the space's classes and image
     shape linked from the data module as in ``fit``."""
-    parser = ArgumentParser(prog="nas-lightning interference", description=interference_command.__doc__)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(interference_command, as_group=False)
-    link_data_to_space(parser, "data", "space")
-    config = parser.parse_args(argv)
-    written = written_space_shape(config.get("space"))
-    init = parser.instantiate(config)
-    refuse_shape_conflicts(written, init.data, "space.init_args")
-    interference_command(**{k: v for k, v in vars(init).items() if k != "config"})
+    run_with_space_and_data(interference_command, "nas-lightning interference", argv)
