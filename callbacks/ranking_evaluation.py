@@ -4,7 +4,9 @@ At chosen epochs of ``fit`` and at the end of ``validate``, the GT archs are eva
 weights (``pl_module.evaluate``, each rank on its shard, summed) and handed to
 ``nas_lightning.metrics.ranking_report.RankingEvaluator``, which reports Kendall tau, Spearman, Pearson,
 precision@k and the GT rank of the supernet's top arch beside the GT's seed-to-seed ceiling and the cost
-proxies. The callback logs them under ``rank/`` and writes a per-arch CSV and a JSON summary per evaluation.
+proxies. The callback logs them under ``rank/`` and writes a per-arch CSV, a JSON summary and a rank-scatter PNG
+per evaluation; with a ``WandbLogger`` the per-arch table (``rank/archs``) and the scatter (``rank/scatter``) go to
+W&B too (``nas_lightning.metrics.ranking_report.publish_ranking``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from typing_extensions import override
 
 from callbacks._paths import output_dir
 from nas_lightning.methods.supernet_module import SupernetModule
-from nas_lightning.metrics.ranking_report import RankingEvaluator, evaluation_due, format_report, logged_metrics
+from nas_lightning.metrics.ranking_report import (
+    RankingEvaluator,
+    evaluation_due,
+    format_report,
+    logged_metrics,
+    publish_ranking,
+)
 from nas_lightning.spaces.arch import Arch
 
 
@@ -33,7 +41,7 @@ class RankingEvaluation(pl.Callback):
         max_archs: evaluate a seeded subset of at most this many GT archs (None: all).
         seed: seed of that subset.
         k: precision@k values.
-        output_dir: where CSV/JSON go (default: ``<trainer.log_dir or default_root_dir>/ranking``).
+        output_dir: where CSV/JSON/PNG go (default: ``<trainer.log_dir or default_root_dir>/ranking``).
         metric, nats_dataset: forwarded to the GT loader.
     """
 
@@ -80,5 +88,5 @@ class RankingEvaluation(pl.Callback):
         pl_module.log_dict(logged_metrics(summary), rank_zero_only=True)
         out = output_dir(trainer, self.output_dir, "ranking")  # trainer.log_dir broadcasts: every rank asks
         if trainer.is_global_zero:
-            self.evaluator.write(out, f"{fn.value}_epoch{epoch}", summary, rows)
+            publish_ranking(out, f"{fn.value}_epoch{epoch}", summary, rows, trainer.loggers, trainer.global_step)
             rank_zero_info(format_report(summary))

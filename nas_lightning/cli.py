@@ -2,11 +2,15 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are LightningCLI subcommands over a method
 (``model``) and a data module (``data``) chosen by ``class_path`` in YAML. Search and ranking run as
-callbacks of ``validate``. Two more commands need no Trainer of their own:
+callbacks of ``validate``. More commands (``nas_lightning/commands/``) need no Trainer of their own:
 
 - ``nas-lightning cost``: params and FLOPs of given archs for a configured space, no data needed.
 - ``nas-lightning ground-truth``: stand-alone training of a sample of archs with several seeds.
+- ``nas-lightning acquire-gt``: WPNAS step 2, archs fine-tuned from a supernet's inherited weights.
+- ``nas-lightning train-predictor``: WPNAS step 3, a few-shot or supervised accuracy predictor.
+- ``nas-lightning compare``: every method of a study at equal cost, one table against the GT.
 - ``nas-lightning compare-disturbance``: the DI-NAS section 5.3 table over groups of runs and seeds.
+- ``nas-lightning ranking-variance`` and ``interference``: the Deeper-Insights measurements.
 - ``nas-lightning measure-latency``: a PC-NAS latency lookup table, measured on this machine's device.
 """
 
@@ -49,9 +53,11 @@ RESUME_MAY_CHANGE = frozenset({
 })
 
 #: Callbacks whose arguments are part of a method's training (PC-NAS's shrink schedule, DI-NAS's controller
-#: schedule and projection): a resumed ``fit`` refuses changes to them. Named, as the library never imports
-#: ``callbacks``; any other callback's arguments are the config's, said when they differ.
-TRAINING_CALLBACKS = frozenset({"PoolShrinking", "ControllerStep", "ProjectionMatrixUpdate"})
+#: schedule and projection, WPNAS's policy schedule, DC-NAS's re-clustering): a resumed ``fit`` refuses changes
+#: to them. Named, as the library never imports ``callbacks``; any other callback's arguments are the config's,
+#: said when they differ.
+TRAINING_CALLBACKS = frozenset({"PoolShrinking", "ControllerStep", "ProjectionMatrixUpdate", "PolicyStep",
+                                "SharingStateUpdate"})
 
 #: ``--ckpt_path`` values (before any ``:``) that Lightning resolves itself rather than a file.
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
@@ -381,16 +387,20 @@ def refuse_shape_conflicts(written: dict[str, Any], datamodule: Any, prefix: str
 
 
 def _commands() -> dict[str, Callable[[list[str]], object]]:
+    from nas_lightning.commands.acquire_gt import acquire_gt_main
+    from nas_lightning.commands.compare import compare_main
     from nas_lightning.commands.compare_disturbance import compare_disturbance_main
     from nas_lightning.commands.cost import cost_main
     from nas_lightning.commands.ground_truth import ground_truth_main
     from nas_lightning.commands.interference import interference_main
     from nas_lightning.commands.measure_latency import measure_latency_main
     from nas_lightning.commands.ranking_variance import ranking_variance_main
+    from nas_lightning.commands.train_predictor import train_predictor_main
 
     return {"cost": cost_main, "ground-truth": ground_truth_main, "compare-disturbance": compare_disturbance_main,
             "measure-latency": measure_latency_main, "ranking-variance": ranking_variance_main,
-            "interference": interference_main}
+            "interference": interference_main, "compare": compare_main,
+            "acquire-gt": acquire_gt_main, "train-predictor": train_predictor_main}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,10 @@ def test_fit_ground_truth_rank_search_retrain(tmp_path: Path, capsys: pytest.Cap
     main(gt_args)
     assert len((tmp_path / "gt.csv.runs.jsonl").read_text().splitlines()) == 18
     assert "18 runs done, 0 to go" in capsys.readouterr().out
-    with gt_path.open() as f:
-        gt_rows = list(csv.DictReader(f))
+    # The file says how it was made (a '#' line), and the loader reads past it.
+    header, *table = gt_path.read_text().splitlines()
+    assert header == "# made by: " + shlex.join(["nas-lightning", *gt_args])
+    gt_rows = list(csv.DictReader(table))
     assert len(gt_rows) == 9 and {"arch", "accuracy", "accuracy_seed0", "accuracy_seed1", "params", "flops"} <= set(
         gt_rows[0])
 
@@ -164,6 +167,5 @@ def test_ground_truth_on_the_supernet_val_split(tmp_path: Path) -> None:
     main(["ground-truth", "--space", json.dumps(space), "--data", json.dumps(DATA), "--all_archs", "true",
           "--seeds", "[0]", "--max_epochs", "1", "--output", str(out), "--accelerator", "cpu", "--progress", "false",
           "--split", "val"])
-    with out.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(line for line in out.read_text().splitlines() if not line.startswith("#")))
     assert len(rows) == 2 and all(0.0 <= float(r["accuracy"]) <= 100.0 for r in rows)

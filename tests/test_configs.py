@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
+import torch
 import yaml
+from pytorch_lightning import Callback
+from typing_extensions import override
 
 from nas_lightning.cli import NASLightningCLI
 from nas_lightning.methods import NASModule, check_space_matches_data
@@ -68,3 +72,33 @@ def test_add_on_configs_stack(add_on: str) -> None:
     expected = {"search/evolution.yaml": "EvolutionSearch", "search/evolution_quick.yaml": "EvolutionSearch",
                 "ranking/ranking.yaml": "RankingEvaluation", "logger/wandb.yaml": "WandbLogger"}[add_on]
     assert expected in names
+
+
+class _KilledAtEpoch(Callback):
+    """Stands in for a run killed when epoch ``epoch`` starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_every_config_leaves_a_checkpoint_after_each_epoch(tmp_path: Path) -> None:
+    """Lightning writes ``last.ckpt`` at an epoch's end only when a top-k checkpoint was saved, so
+    ``save_top_k: 0`` leaves nothing to resume from until training ends. No config may set it, and the
+    configs' checkpoint settings leave ``last.ckpt`` of epoch 0 behind a run killed as epoch 1 starts."""
+    for config in EXPERIMENTS:
+        for callback in yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []:
+            if callback["class_path"].endswith("ModelCheckpoint"):
+                assert callback.get("init_args", {}).get("save_top_k", 1) != 0, config
+    config = CONFIGS / "spos" / "chain_synthetic.yaml"
+    cli = NASLightningCLI(["-c", str(config), "--trainer.logger=false", "--trainer.max_epochs=3",
+                           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"], run=False)
+    cli.trainer.callbacks.append(_KilledAtEpoch(1))
+    with pytest.raises(SystemExit):  # Lightning turns the interrupt into a graceful stop, then exits
+        cli.trainer.fit(cli.model, cli.datamodule)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert last.is_file() and torch.load(last, weights_only=False)["epoch"] == 0

@@ -112,7 +112,9 @@ def test_save_with_costs(tmp_path: Path) -> None:
     gt = _table(True).restrict(_distinct_archs(5)[:2])
     path = tmp_path / "gt.csv"
     save_ground_truth(path, gt, space=SPACE)
-    rows = list(csv.DictReader(path.open()))
+    comment, *table = path.read_text().splitlines()
+    assert comment == f"# {gt.source}"  # how the table was made, above it
+    rows = list(csv.DictReader(table))
     assert list(rows[0]) == ["arch", "accuracy", "accuracy_seed0", "accuracy_seed1", "accuracy_seed2",
                              "params", "flops"]
     for row, a in zip(rows, gt.archs, strict=True):
@@ -221,6 +223,7 @@ def test_the_shipped_ground_truth_files_load_for_their_spaces() -> None:
                        num_classes=10, in_channels=1, input_size=28)
     deeper = DeeperInsightsSpace(num_classes=10, in_channels=1, input_size=10)
     for name, space, n, tau in (("chain_fashion_mnist.csv", chain, 32, 0.617),
+                                ("chain_fashion_mnist_all.csv", chain, 64, 0.509),
                                 ("deeper_insights_fashion_mnist.csv", deeper, 64, 0.358)):
         gt = load_ground_truth(str(results / name), space)
         assert len(gt.archs) == n and round(gt.seed_to_seed_tau(), 3) == tau

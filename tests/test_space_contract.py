@@ -20,6 +20,8 @@ from nas_lightning.spaces import (
     DartsSpace,
     DeeperInsightsSpace,
     MobileNetSpace,
+    NATSSizeSpace,
+    WPNASMobileNetSpace,
 )
 from nas_lightning.spaces.base import Decision, SearchSpace
 from nas_lightning.spaces.nb201 import NB201Space
@@ -37,6 +39,9 @@ EXTRA_SPACES: dict[str, Callable[[], SearchSpace]] = {
     "mobilenet_large_no_affine": lambda: MobileNetSpace("large", width_mult=0.25, num_classes=5, input_size=32,
                                                         depths=[2, 1, 2, 1, 2, 1], supernet_bn_affine=False),
     "deeper_insights": lambda: DeeperInsightsSpace(C=4, num_cells=2, num_classes=5, in_channels=1, input_size=8),
+    "nats_sss": lambda: NATSSizeSpace(channels=(2, 4), num_classes=5, in_channels=1, input_size=8),
+    "wpnas_mobilenet": lambda: WPNASMobileNetSpace(width_mult=0.25, num_classes=5, in_channels=1, input_size=8,
+                                                   depths=[1, 1, 1, 1, 1, 1, 1]),
 }
 SPACES = {**SMALL_SPACES, **EXTRA_SPACES}
 #: The space classes whose params and FLOPs are additive over the decisions (``SearchSpace.cost_table``).

@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,20 @@ from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.utils.arch_file import read_arch_file
 from nas_lightning.utils.distributed import step_generator
+
+#: The command line that runs a GT-writing command (``ground-truth``, ``acquire-gt``), when run from the CLI: the
+#: file it writes names it (a CSV's ``#`` header line, a JSON's ``source``), so a shipped file says how to remake it.
+COMMAND_LINE: ContextVar[str | None] = ContextVar("gt_command_line", default=None)
+
+
+@contextmanager
+def command_line(command: str, argv: list[str]) -> Iterator[None]:
+    """``COMMAND_LINE`` is ``nas-lightning <command> <argv>`` inside the block."""
+    token = COMMAND_LINE.set(shlex.join(["nas-lightning", command, *argv]))
+    try:
+        yield
+    finally:
+        COMMAND_LINE.reset(token)
 
 
 def select_archs(space: SearchSpace, archs: list[str] | None, archs_file: str | None, num_archs: int | None,
@@ -151,7 +167,7 @@ def ground_truth(
     per_seed = {a: [done[(str(a), s)] for s in seeds] for a in chosen}
 
     gt = GroundTruth(accuracy={a: sum(v) / len(v) for a, v in per_seed.items()}, per_seed=per_seed,
-                     source=str(out))
+                     source=f"made by: {COMMAND_LINE.get() or 'nas-lightning ground-truth'}")
     save_ground_truth(out, gt, space)
     print(ground_truth_report(gt, space))
     print(f"wrote {out}")
@@ -174,4 +190,5 @@ def ground_truth_report(gt: GroundTruth, space: SearchSpace) -> str:
 def ground_truth_main(argv: list[str]) -> None:
     """``nas-lightning ground-truth``: the arguments of ``ground_truth``, the space's classes and image
     shape linked from the data module as in ``fit``."""
-    run_with_space_and_data(ground_truth, "nas-lightning ground-truth", argv)
+    with command_line("ground-truth", argv):
+        run_with_space_and_data(ground_truth, "nas-lightning ground-truth", argv)

@@ -131,7 +131,11 @@ def _add(acc: dict[Arch, float], seeds: dict[Arch, list[float]], arch: Arch, mea
 
 
 def _load_csv(path: Path, space: SearchSpace, metric: str) -> GroundTruth:
-    reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"), newline=""))
+    lines = path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    comments = 0
+    while comments < len(lines) and lines[comments].startswith("#"):  # a header saying how the file was made
+        comments += 1
+    reader = csv.DictReader(io.StringIO("".join(lines[comments:]), newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     reader.fieldnames = header
     seed_re = re.compile(rf"^{re.escape(metric)}_seed(\d+)$")
@@ -264,8 +268,9 @@ def check_coverage(gt: GroundTruth, archs: Sequence[Arch], path_for_message: str
 def save_ground_truth(path: str | Path, gt: GroundTruth, space: SearchSpace | None = None) -> Path:
     """Write ``gt`` as CSV (``arch,accuracy,accuracy_seed0..k[,params,flops]``) or JSON, by extension.
 
-    ``params``/``flops`` come from ``space.cost(arch)`` when ``space`` is given. Written atomically;
-    ``load_ground_truth`` reads the result back unchanged.
+    ``params``/``flops`` come from ``space.cost(arch)`` when ``space`` is given. A CSV starts with ``gt.source``
+    (how the table was made, e.g. the command line) as ``#`` lines, a JSON holds it as ``source``. Written
+    atomically; ``load_ground_truth`` reads the result back unchanged.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -282,6 +287,8 @@ def save_ground_truth(path: str | Path, gt: GroundTruth, space: SearchSpace | No
             entries.append(entry)
         return atomic_write_text(path, json.dumps({"source": gt.source, "archs": entries}, indent=2) + "\n")
     buf = io.StringIO()
+    if gt.source and gt.source != str(path):  # how the file was made, as '#' lines above the table
+        buf.writelines(f"# {line}\n" for line in gt.source.splitlines())
     writer = csv.writer(buf, lineterminator="\n")
     header = ["arch", "accuracy", *(f"accuracy_seed{i}" for i in range(n_seeds))]
     writer.writerow([*header, *(["params", "flops"] if space is not None else [])])

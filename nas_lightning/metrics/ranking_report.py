@@ -18,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.loggers import Logger
 
 from nas_lightning.metrics.ground_truth import GroundTruth, check_coverage, load_ground_truth
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
+from nas_lightning.metrics.ranking_plots import ranked_rows, write_rank_scatter
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
 from nas_lightning.utils.arch_file import read_arch_file
 from nas_lightning.utils.atomic import atomic_write_csv, atomic_write_json
 from nas_lightning.utils.distributed import step_generator
+from nas_lightning.utils.wandb_logging import log_table_and_image
 
-__all__ = ["RankingEvaluator", "evaluation_due", "format_report", "logged_metrics", "ranking_report", "select_archs"]
+__all__ = ["RankingEvaluator", "evaluation_due", "format_report", "logged_metrics", "publish_ranking", "ranking_report",
+           "select_archs"]
 
 
 def ranking_report(space: SearchSpace, gt: GroundTruth, archs: list[Arch], inherited: list[float],
@@ -74,6 +78,19 @@ def logged_metrics(summary: dict[str, Any]) -> dict[str, float]:
     if not math.isnan(summary["gt_seed_to_seed_tau"]):
         logged["rank/gt_seed_to_seed_tau"] = summary["gt_seed_to_seed_tau"]
     return {k: float(v) for k, v in logged.items()}
+
+
+def publish_ranking(out: str | Path, tag: str, summary: dict[str, Any], rows: list[dict[str, Any]],
+                    loggers: Sequence[Logger], step: int) -> dict[str, Path]:
+    """Write one evaluation's files to ``out``: ``ranking_<tag>.csv`` (per arch), ``ranking_<tag>.json`` (the
+    summary) and ``rank_scatter_<tag>.png`` (``write_rank_scatter``); and, to each ``WandbLogger`` among
+    ``loggers``, the per-arch rows with their GT, inherited and params ranks as a ``wandb.Table``
+    (``rank/archs``) and the scatter as a ``wandb.Image`` (``rank/scatter``) at ``step``. Global rank 0 only."""
+    csv_path, json_path = RankingEvaluator.write(out, tag, summary, rows)
+    png = write_rank_scatter(Path(out) / f"rank_scatter_{tag}.png", rows, summary)
+    caption = f"{tag}: Kendall tau {summary['supernet']['kendall_tau']:.3f} over {summary['num_archs']} archs"
+    log_table_and_image(loggers, ranked_rows(rows), "rank/archs", png, "rank/scatter", step, caption)
+    return {"csv": csv_path, "json": json_path, "scatter": png}
 
 
 def evaluation_due(fitting: bool, epoch: int, max_epochs: int | None, every_n_epochs: int) -> bool:

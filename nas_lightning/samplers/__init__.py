@@ -3,6 +3,7 @@
 from nas_lightning.samplers.base import ArchSampler, SamplerFactory
 from nas_lightning.samplers.controller import ControllerSampler, LSTMController, reinforce_step
 from nas_lightning.samplers.pool import LatencyLimit, PartialModelPool, PoolSampler
+from nas_lightning.samplers.probabilistic import ProbabilisticSampler
 from nas_lightning.samplers.round_robin import RoundRobinSampler
 from nas_lightning.samplers.uniform import UniformSampler
 
@@ -13,6 +14,7 @@ __all__ = [
     "LatencyLimit",
     "PartialModelPool",
     "PoolSampler",
+    "ProbabilisticSampler",
     "RoundRobinSampler",
     "SamplerFactory",
     "UniformSampler",

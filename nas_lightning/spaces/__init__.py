@@ -6,7 +6,9 @@ from nas_lightning.spaces.chain import CHAIN_OPS, ChainSpace
 from nas_lightning.spaces.darts import DARTS_PRIMITIVES, DARTS_V2_GENOTYPE, DartsSpace, Edge, Gene, ParentPair
 from nas_lightning.spaces.deeper_insights import DEEPER_INSIGHTS_EDGES, DEEPER_INSIGHTS_OPS, DeeperInsightsSpace
 from nas_lightning.spaces.mobilenet import MOBILENET_LARGE_OPS, MOBILENET_SMALL_OPS, MobileNetSpace
+from nas_lightning.spaces.nats_sss import SSS_CELL, SSS_CHANNELS, NATSSizeSpace
 from nas_lightning.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201Space
+from nas_lightning.spaces.wpnas_mobilenet import WPNASMobileNetSpace
 
 __all__ = [
     "CHAIN_OPS",
@@ -19,6 +21,8 @@ __all__ = [
     "NB201_EDGES",
     "NB201_OPS",
     "NETWORKS",
+    "SSS_CELL",
+    "SSS_CHANNELS",
     "Arch",
     "ArchFormatError",
     "ChainSpace",
@@ -28,7 +32,9 @@ __all__ = [
     "Edge",
     "Gene",
     "MobileNetSpace",
+    "NATSSizeSpace",
     "NB201Space",
     "ParentPair",
     "SearchSpace",
+    "WPNASMobileNetSpace",
 ]

@@ -10,8 +10,10 @@ from nas_lightning.supernet.choice import ChoiceBlock
 from nas_lightning.supernet.darts import DartsNetwork
 from nas_lightning.supernet.deeper_insights import DeeperInsightsNetwork
 from nas_lightning.supernet.mobilenet import MobileNetNetwork
+from nas_lightning.supernet.nats_sss import NATSSizeNetwork
 from nas_lightning.supernet.nb201 import NB201Network
 from nas_lightning.supernet.ops import OPS
+from nas_lightning.supernet.wpnas_mobilenet import WPNASMobileNetNetwork
 
 __all__ = [
     "OPS",
@@ -20,6 +22,8 @@ __all__ = [
     "DartsNetwork",
     "DeeperInsightsNetwork",
     "MobileNetNetwork",
+    "NATSSizeNetwork",
     "NB201Network",
     "Supernet",
+    "WPNASMobileNetNetwork",
 ]

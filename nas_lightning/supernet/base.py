@@ -18,7 +18,8 @@ from typing_extensions import override
 
 from nas_lightning.spaces.arch import Arch
 from nas_lightning.spaces.base import SearchSpace
-from nas_lightning.supernet.copies import path_state_dict, selected_copies
+from nas_lightning.supernet.copies import COPIES_ATTR, selected_copies
+from nas_lightning.supernet.hypernet import HYPERNET_ATTR, weak_shared_weights
 from nas_lightning.supernet.ops import OPS
 
 
@@ -49,7 +50,9 @@ class Supernet(nn.Module, ABC):
             arch = self.fixed_arch
         elif self.fixed_arch is not None and arch != self.fixed_arch:
             raise ValueError(f"this network is fixed to {self.fixed_arch}, cannot run {arch}")
-        with selected_copies(self, arch):  # parts with weight copies run the arch's (nas_lightning.supernet.copies)
+        # parts with weight copies run the arch's (nas_lightning.supernet.copies); inside them, an installed
+        # HyperNet gives the searchable convs their effective weights (nas_lightning.supernet.hypernet)
+        with selected_copies(self, arch), weak_shared_weights(self, arch):
             return self.forward_path(x, arch)
 
     @abstractmethod
@@ -61,10 +64,12 @@ class Supernet(nn.Module, ABC):
 
         The supernet's BN layers may lack affine parameters where the stand-alone network has them;
         those keep their identity initialisation (weight 1, bias 0), which computes the same thing. Parts with
-        weight copies export the copy that ``arch`` picks.
+        weight copies export the copy that ``arch`` picks; with a HyperNet installed, the searchable convs export
+        their effective weights (WPNAS eq. 2). A network that slices its widest weights (a supernet weight larger
+        than the stand-alone one) exports the leading slice of every dimension, the channels its forward pass uses.
         """
         net = self.space.build_network(arch)
-        shared = path_state_dict(self, arch)
+        shared = self.path_state_dict(arch)
         own = net.state_dict()
         bn_affine = {
             f"{name}.{p}" for name, m in net.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -73,5 +78,24 @@ class Supernet(nn.Module, ABC):
         bad = [k for k in own if k not in shared and k not in bn_affine]
         if bad:
             raise KeyError(f"stand-alone network has weights the supernet lacks: {bad[:5]}")
-        net.load_state_dict({k: shared[k] for k in own if k in shared}, strict=False)
+        net.load_state_dict({k: _leading_slice(shared[k], own[k].shape) for k in own if k in shared}, strict=False)
         return net
+
+    @torch.no_grad()
+    def path_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
+        """The ``state_dict`` as ``arch`` runs it: each part's picked weight copy, the HyperNet's effective weights;
+        the copies' and the HyperNet's own keys left out."""
+        with selected_copies(self, arch), weak_shared_weights(self, arch):
+            state = self.state_dict(keep_vars=True)
+        skip = (COPIES_ATTR + ".", HYPERNET_ATTR + ".")
+        return {k: v.detach() for k, v in state.items() if not k.startswith(skip)}
+
+
+def _leading_slice(tensor: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``tensor[:shape[0], :shape[1], ...]``, where a network slices its widest weights; ``tensor`` if equal."""
+    if tensor.shape == shape:
+        return tensor
+    if tensor.dim() != len(shape) or any(s > t for s, t in zip(shape, tensor.shape)):
+        raise ValueError(f"cannot export a supernet tensor of shape {tuple(tensor.shape)} into {tuple(shape)}: the "
+                         "stand-alone network must be the supernet's network class built for one of its archs")
+    return tensor[tuple(slice(0, s) for s in shape)]
