@@ -37,6 +37,7 @@ from typing_extensions import override
 from nas_lightning.data.base import SplitDataModule
 from nas_lightning.methods.base import NASModule
 from nas_lightning.spaces.base import short_repr
+from nas_lightning.utils.wandb_logging import finish_wandb_runs
 
 #: Data module attribute -> search-space argument, linked by the CLI.
 DATA_TO_SPACE = {"num_classes": "num_classes", "in_channels": "in_channels", "image_size": "input_size"}
@@ -137,6 +138,12 @@ class NASLightningCLI(LightningCLI):
                            f"checkpoint's: {format_changes(changed)}")
 
     @override
+    def after_subcommand(self) -> None:
+        """A subcommand's W&B run ends with it (``finish_wandb_runs``)."""
+        finish_wandb_runs(self.trainer.loggers)
+
+    after_fit = after_validate = after_test = after_predict = after_subcommand
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self._written_shape = written_space_shape(config.get("model.init_args.space"))

@@ -14,12 +14,21 @@ from typing import Any
 
 from pytorch_lightning.loggers import Logger, WandbLogger
 
-__all__ = ["log_table_and_image", "wandb_loggers"]
+__all__ = ["finish_wandb_runs", "log_table_and_image", "wandb_loggers"]
 
 
 def wandb_loggers(loggers: Iterable[Logger]) -> list[WandbLogger]:
     """The ``WandbLogger`` instances among ``loggers`` (a trainer's ``loggers`` list)."""
     return [logger for logger in loggers if isinstance(logger, WandbLogger)]
+
+
+def finish_wandb_runs(loggers: Iterable[Logger]) -> None:
+    """End the W&B run of every ``WandbLogger`` that started one, now: its log gets the exit record before the
+    process exits, rather than from an atexit hook that a loaded machine can leave unfinished (offline runs then
+    lack it, and ``wandb sync`` takes them for crashed)."""
+    for logger in wandb_loggers(loggers):
+        if logger._experiment is not None:  # never start a run just to end it (and non-zero ranks have none)
+            logger.experiment.finish()
 
 
 def log_table_and_image(loggers: Iterable[Logger], rows: Sequence[Mapping[str, Any]], table_key: str,
