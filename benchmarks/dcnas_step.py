@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import seconds_per_step
 
 from nas_lightning.methods import DCNAS, SPOS
 from nas_lightning.search.sharing_update import apply_inference, infer_sharing_state
@@ -92,12 +93,7 @@ def main() -> None:
         return step
 
     def timed(step: Callable[[int], None], start: int) -> float:
-        sync(device)
-        t0 = time.perf_counter()
-        for i in range(start, start + args.steps):
-            step(i)
-        sync(device)
-        return (time.perf_counter() - t0) / args.steps
+        return seconds_per_step(step, start, args.steps, device)
 
     steps = {"SPOS": stepper(spos, spos_opt, 0.0), "DC-NAS lambda=0.5": stepper(dcnas, dc_opt, 0.5),
              "DC-NAS lambda=0": stepper(dcnas, dc_opt, 0.0)}

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import seconds_per_step
 
 import nas_lightning.supernet  # noqa: F401 - registers the networks of the built-in spaces
 from nas_lightning.spaces import ChainSpace, NATSSizeSpace, NB201Space, SearchSpace, WPNASMobileNetSpace
@@ -67,14 +67,7 @@ def main() -> None:
         return step
 
     def timed(step: Callable[[int], None], start: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(start, start + args.steps):
-            step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / args.steps
+        return seconds_per_step(step, start, args.steps, device)
 
     steps = {"plain": stepper(False), "HyperNet": stepper(True)}
     for step in steps.values():  # warm-up: allocator, momentum buffers

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import seconds_per_step
 from torch import nn
 
 from nas_lightning.samplers import RoundRobinSampler
@@ -81,14 +81,7 @@ def main() -> None:
         return step
 
     def timed(step: Callable[[int], None], start: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(start, start + args.steps):
-            step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / args.steps
+        return seconds_per_step(step, start, args.steps, device)
 
     print(f"{type(space).__name__} ({space.num_archs} archs), prefix={prefix}, batch {args.batch}, "
           f"{args.input_size}x{args.input_size}, device={device}, {torch.get_num_threads()} threads")

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _timing import seconds_per_step
 from torch import nn
 
 from nas_lightning.evaluation import evaluate_archs
@@ -92,14 +92,7 @@ def main() -> None:
         return step
 
     def timed(step: Callable[[int], None], start: int) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(start, start + args.steps):
-            step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) / args.steps
+        return seconds_per_step(step, start, args.steps, device)
 
     variants = {"SPOS": (False, False, False), "+ policy step": (True, False, False),
                 "+ landmark": (True, True, False), "+ HyperNet": (True, True, True)}
