@@ -5,9 +5,9 @@ sections 1-2) in a Lightning run: a thin trigger around ``DCNAS.update_sharing_s
 At the end of epoch ``warmup_epochs`` (1-based) and every ``every_n_epochs`` after it, the method re-clusters the
 archs of every layer, scores the clusters' consistency and splits the copies of the clusters below
 ``threshold``. Rank 0 writes the round's diagnostics (``nas_lightning.metrics.sharing_diagnostics``:
-``consistency_scores.csv``, ``params.csv``, ``sharing_state_layer<d>.png``) to ``output_dir`` and logs their
-scalars. The sharing state is the method's (checkpointed with it); the schedule is a function of the epoch, so a
-resumed run continues it.
+``consistency_scores.csv``, ``sharing_state.csv``, ``params.csv``, ``sharing_state_layer<d>.png``) to
+``output_dir`` and logs their scalars. The sharing state is the method's (checkpointed with it); the schedule is a
+function of the epoch, so a resumed run continues it.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import yaml
 from scipy.stats import kendalltau, spearmanr
 
 from nas_lightning.cli import main
-from nas_lightning.commands.compare import compare
+from nas_lightning.commands.compare import Study, compare
 from nas_lightning.metrics.study_table import markdown_table, read_ranking_csv
 from nas_lightning.spaces import ChainSpace
 from nas_lightning.utils.study import StaleRunError, StudyEntry, check_run_folder, settings_differences
@@ -165,6 +165,36 @@ def test_folder_claims_and_differences(tmp_path: Path) -> None:
     assert settings_differences({"x": 1}, {"x": 1, "y": 2}) == ["y: null -> 2"]
 
 
+def test_input_files_resolve_from_the_run_folder_and_join_the_settings(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The children run in their run folder: a relative input file a config or an override names (a GT, a
+    predictor) is made absolute for them, its hash is part of the settings; output folders stay relative."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "inputs/gt.csv").write_text("arch,accuracy\n")
+    (tmp_path / "inputs/pred.pt").write_bytes(b"weights")
+    (tmp_path / "runs/old").mkdir(parents=True)  # an existing output folder is not an input
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump({
+        "trainer": {"default_root_dir": "runs/old"},
+        "model": {"init_args": {"landmark": {"init_args": {"ground_truth": "inputs/gt.csv"}}, "accelerator": "cpu"}}}))
+    study = Study([StudyEntry("A", ["m.yaml"], ["--model.init_args.predictor", "inputs/pred.pt"])], "inputs/gt.csv",
+                  "out", [0], 1, None, [], [], [], "m.yaml", None, 0, [1], None, "accuracy", "cifar10")
+    entry = study.entries[0]
+    argv = study.argv(entry, 0, "fit")
+    assert argv[argv.index("--model.init_args.predictor") + 1] == str(tmp_path / "inputs/pred.pt")
+    resolved = yaml.safe_load(Path(argv[2]).read_text())
+    assert Path(argv[2]).is_absolute() and Path(argv[2]).parent == tmp_path / "out/A/seed0/configs"
+    assert resolved["model"]["init_args"]["landmark"]["init_args"]["ground_truth"] == str(tmp_path / "inputs/gt.csv")
+    assert resolved["trainer"]["default_root_dir"] == "runs/old"
+    assert resolved["model"]["init_args"]["accelerator"] == "cpu"
+    settings = study.settings(entry, 0)
+    assert settings["fit"][:3] == ["fit", "-c", "m.yaml"] and "inputs/pred.pt" in settings["fit"]  # as written
+    digest = settings["files"]["inputs/pred.pt"]
+    (tmp_path / "inputs/pred.pt").write_bytes(b"other weights")  # a retrained predictor makes the run stale
+    assert study.settings(entry, 0)["files"]["inputs/pred.pt"] != digest
+    assert set(settings["files"]) == {"m.yaml", "inputs/gt.csv", "inputs/pred.pt"}
+
+
 def test_bad_studies_are_refused(tmp_path: Path) -> None:
     entry = StudyEntry("A", ["a.yaml"])
     with pytest.raises(ValueError, match="distinct names"):
@@ -193,6 +223,8 @@ def test_read_ranking_csv_refuses_other_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("study_file", "expected"), [
     ("chain_fashion_mnist.yaml", {"PC-NAS": "PCNAS", "ReducedSharing-g4": "ReducedSharing"}),
     ("reduced_sharing_deeper_insights.yaml", {"g64": "ReducedSharing", "k0": "ReducedSharing"}),
+    ("wpnas_ablation_deeper_insights.yaml", {"SPOS": "LandmarkSPOS", "+landmark": "LandmarkSPOS", "+PS": "WPNAS",
+                                             "+predictor": "WPNAS", "+WWS": "WPNAS"}),
 ])
 def test_shipped_studies_build_every_run(study_file: str, expected: dict[str, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,6 +250,12 @@ def test_shipped_studies_build_every_run(study_file: str, expected: dict[str, st
             if run["entry"] == "PC-NAS":  # 4 + 3 layers x 2 = the study's 10 epochs
                 shrink = next(c for c in cli.trainer.callbacks if type(c).__name__ == "PoolShrinking")
                 assert (shrink.warmup_epochs, shrink.interval_epochs) == (4, 2)
+        elif study_file.startswith("wpnas"):  # cumulative: each row adds one piece to the one before
+            rows = ["SPOS", "+landmark", "+PS", "+predictor", "+WWS"]
+            row = rows.index(run["entry"])
+            assert (cli.model.landmark is not None) == (row >= 1) and cli.datamodule.image_size == 10
+            if row >= 2:
+                assert (cli.model.reward_fn.beta1 > 0) == (row >= 3) and (cli.model.hypernet is not None) == (row == 4)
         else:
             groups = {"g64": 64, "k0": 1}[run["entry"]]
             assert cli.model.picker.groups == groups and cli.datamodule.image_size == 10

@@ -6,6 +6,7 @@ disjoint tensors), an uninterrupted run (resume), and a second DDP rank."""
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import subprocess
@@ -332,6 +333,13 @@ def test_diagnostics_files_and_the_parameter_count_as_copies_split(tmp_path: Pat
     rows = (tmp_path / "consistency_scores.csv").read_text().splitlines()
     assert rows[0].startswith("round,epoch,layer") and len(rows) == 1 + 3 * len(result.records)  # K=2: 3 pairs
     assert (tmp_path / "params.csv").read_text().splitlines()[1].startswith(f"1,1,{in_use},")
+    state_csv = list(csv.DictReader((tmp_path / "sharing_state.csv").open()))
+    clustered = model.sharing.clustered.nonzero().tolist()
+    assert clustered and len(state_csv) == sum(len(model.sharing.layout.reach[d]) for d, _ in clustered) * 2
+    for r in state_csv:  # every row is the table's entry
+        d, j, k = int(r["layer"]), int(r["site"]), int(r["cluster"])
+        o = model.sharing.choices[d].index(r["op"])
+        assert int(r["copy"]) == int(model.sharing.table[d, j, o, k]) and r["round"] == "1"
     pngs = sorted(p.name for p in tmp_path.glob("sharing_state_layer*.png"))
     assert pngs == [f"sharing_state_layer{d}.png" for d in range(3)]
     assert (tmp_path / pngs[0]).read_bytes()[:4] == b"\x89PNG"

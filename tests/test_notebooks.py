@@ -1,10 +1,10 @@
 """Every notebook in notebooks/ runs headless (nbclient) on tiny runs made here, so none can rot.
 
 The runs are the synthetic-data configs of each method (configs/*/*synthetic.yaml) cut to a few steps, with the
-callbacks whose files the notebooks read (ranking, disturbance, pool shrinking, controller, ranking variance); every
-output path of a config is moved into a temporary folder. The ground truth is made up (params-driven, two seeds):
-the notebooks only plot what the files say. A notebook fails the test if any cell raises or if it draws fewer
-figures than it should on runs that hold every file it reads.
+callbacks whose files the notebooks read (ranking, disturbance, pool shrinking, controller, policy step, sharing
+states, ranking variance); every output path of a config is moved into a temporary folder. The ground truth is
+made up (params-driven, two seeds): the notebooks only plot what the files say. A notebook fails the test if any
+cell raises or if it draws fewer figures than it should on runs that hold every file it reads.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["dinas"] = fit("configs/dinas/nb201_synthetic.yaml", tmp, "--trainer.max_epochs=3", *disturbance,
                        f"--trainer.callbacks.ground_truth={gt_nb201}", *ranking,
                        f"--trainer.callbacks.ground_truth={gt_nb201}")
+    out["wpnas"] = fit("configs/wpnas/chain_synthetic.yaml", tmp, *ranking,
+                       f"--trainer.callbacks.ground_truth={gt_chain}")
+    out["dcnas"] = fit("configs/dcnas/chain_synthetic.yaml", tmp, "--trainer.max_epochs=3",
+                       "--trainer.callbacks.num_archs=16", *ranking, f"--trainer.callbacks.ground_truth={gt_chain}")
     for seed in (0, 1):
         out[f"rs_s{seed}"] = fit("configs/reduced_sharing/chain_synthetic.yaml", tmp / f"s{seed}",
                                  f"--seed_everything={seed}", f"--model.init_args.seed={seed}", *ranking,
@@ -113,6 +117,8 @@ NOTEBOOK_RUNS: dict[str, tuple[Callable[[dict[str, Path]], dict[str, str]], int]
     "spos.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["spos"])}, 3),
     "pcnas.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["pcnas"])}, 3),
     "dinas.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["dinas"])}, 4),
+    "wpnas.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["wpnas"])}, 4),
+    "dcnas.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["dcnas"])}, 5),
     "reduced_sharing.ipynb": (lambda r: {"NAS_RUN_DIR": str(r["rs_s0"]), "NAS_VARIANCE_DIR": str(r["variance"])}, 4),
     "compare.ipynb": (_compare, 2),
 }

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from nas_lightning.cli import load_checkpoint, run_with_space_and_data, saved_settings
 from nas_lightning.commands.ground_truth import (
     COMMAND_LINE,
-    _append_run,
-    _quiet_lightning,
+    append_run,
     command_line,
     ground_truth_report,
+    quiet_lightning,
     select_archs,
 )
 from nas_lightning.data.base import SplitDataModule
@@ -177,12 +177,12 @@ def acquire_gt(
     todo = [(a, s) for a in chosen for s in seeds if (a, s) not in done]
     print(f"acquire-gt: {len(chosen)} archs x {len(seeds)} seeds from {checkpoint}; {len(done)} runs done, "
           f"{len(todo)} to go")
-    with _quiet_lightning():
+    with quiet_lightning():
         for arch, seed in tqdm(todo, desc="fine-tuning runs", disable=not progress):
             acc = _fine_tune(space, supernet, data, arch, seed, max_epochs, limit_train_batches, optimizer,
                              lr_scheduler, split, accelerator, precision)
             done[(arch, seed)] = acc
-            _append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, **provenance})
+            append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, **provenance})
 
     per_seed = {a: [done[(a, s)] for s in seeds] for a in chosen}
     command = COMMAND_LINE.get()

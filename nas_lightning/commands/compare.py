@@ -18,9 +18,10 @@ It resumes: a run with a ``result.json`` is skipped, a finished fit is not run a
 from its newest ``last.ckpt`` (``--ckpt_path``). A folder made with other settings (another config, config file
 content, override, seed, cost, GT or ranking setting) is refused, naming the differences, never reused.
 
-Then ``<output_dir>/study_table.{csv,md}`` (mean ± sample std over seeds per method, and the rows to beat: the GT's
-seed-to-seed tau and the params and FLOPs proxies), ``rank_scatter.png`` and ``tau_bars.png``; with several seeds
-(or per-epoch rankings) also ``variance/<name>/`` from ``nas-lightning ranking-variance``.
+Then ``<output_dir>/study_table.{csv,md}`` (mean ± sample std over seeds per method, the GT rank of the arch a
+method's own search exported where it exports one (``nas_lightning.metrics.search_exports``), and the rows to
+beat: the GT's seed-to-seed tau and the params and FLOPs proxies), ``rank_scatter.png`` and ``tau_bars.png``; with
+several seeds (or per-epoch rankings) also ``variance/<name>/`` from ``nas-lightning ranking-variance``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 from jsonargparse import auto_cli
 
 from nas_lightning.commands.ranking_variance import ranking_variance_command
+from nas_lightning.metrics.search_exports import gt_rank, search_result
 from nas_lightning.metrics.study_table import (
     method_row,
     proxy_rows,
@@ -51,9 +53,13 @@ from nas_lightning.utils.study import (
     FIT_FILE,
     RESULT_FILE,
     StudyEntry,
+    absolute_inputs,
     check_run_folder,
+    config_inputs,
     file_digest,
+    input_files,
     last_checkpoint,
+    resolved_config,
     run_child,
 )
 
@@ -123,9 +129,11 @@ class Study:
             return os.path.abspath(p) if absolute else p
 
         args = [subcommand]
-        for config in [*entry.config, *self.benchmark]:
-            args += ["-c", path(config)]
-        args += [*entry.args, *self.benchmark_args, *(a.replace("{seed}", str(seed)) for a in self.seed_args)]
+        for i, config in enumerate([*entry.config, *self.benchmark]):
+            args += ["-c", os.path.abspath(resolved_config(config, self.folder(entry, seed) / "configs", i))
+                     if absolute else config]
+        overrides = [*entry.args, *self.benchmark_args, *(a.replace("{seed}", str(seed)) for a in self.seed_args)]
+        args += absolute_inputs(overrides) if absolute else overrides
         if self.max_epochs is not None:
             args += ["--trainer.max_epochs", str(self.max_epochs)]
         if self.max_steps is not None:
@@ -137,7 +145,9 @@ class Study:
         return args
 
     def settings(self, entry: StudyEntry, seed: int) -> dict[str, Any]:
-        files = [*entry.config, *self.benchmark, self.ranking_config, self.ground_truth]
+        configs = [*entry.config, *self.benchmark]
+        inputs = [f for c in configs for f in config_inputs(c)] + input_files([*entry.args, *self.benchmark_args])
+        files = [*configs, self.ranking_config, self.ground_truth, *inputs]
         return {"entry": entry.name, "seed": seed, "cost": self.cost,
                 "fit": self.argv(entry, seed, "fit", absolute=False),
                 "validate": self.argv(entry, seed, "validate", absolute=False),
@@ -245,7 +255,8 @@ def compare(entries: list[StudyEntry], ground_truth: str, output_dir: str, seeds
         top_k: the top-k whose changes the ranking variance counts.
         metric: the GT column (``accuracy``).
         nats_dataset: the NATS-Bench dataset when the GT is a NATS-Bench file.
-        dry_run: run nothing; return (and print) each run's ``fit`` and ``validate`` command lines.
+        dry_run: run nothing; return (and print) each run's ``fit`` and ``validate`` command lines, paths as
+            written (run them from this working directory).
     """
     study = Study(entries, ground_truth, output_dir, [0] if seeds is None else seeds, max_epochs, max_steps,
                   benchmark or [], benchmark_args or [],
@@ -253,14 +264,18 @@ def compare(entries: list[StudyEntry], ground_truth: str, output_dir: str, seeds
                   else seed_args, ranking_config, max_archs, ranking_seed, [1, 5, 10] if k is None else k,
                   fit_ranking_every_n_epochs, metric, nats_dataset)
     if dry_run:
-        return [{"entry": e.name, "seed": s, "fit": study.argv(e, s, "fit"), "validate": study.argv(e, s, "validate")}
-                for e in study.entries for s in study.seeds]
+        # as written (relative to here): absolute ones would write the resolved configs into the run folders
+        return [{"entry": e.name, "seed": s, "fit": study.argv(e, s, "fit", absolute=False),
+                 "validate": study.argv(e, s, "validate", absolute=False)} for e in study.entries for s in study.seeds]
     for entry in study.entries:  # refuse a stale folder before anything runs
         for seed in study.seeds:
             check_run_folder(study.folder(entry, seed), study.settings(entry, seed))
     results = {e.name: [run_one(study, e, s) for s in study.seeds] for e in study.entries}
     per_method = {name: [read_ranking_csv(study.folder(e, s) / r["ranking_csv"]) for s, r in zip(study.seeds, runs)]
                   for (name, runs), e in zip(results.items(), study.entries)}
+    for e in study.entries:  # read at table time, so the table follows the files (and older result.json files)
+        for s, result, rows in zip(study.seeds, results[e.name], per_method[e.name]):
+            result.update(_search_figures(study.folder(e, s), rows))
     variances = {e.name: _variance(study, e, top_k) for e in study.entries}
     rows = [method_row(name, runs, variances[name]) for name, runs in results.items()]
     first = next(iter(results.values()))[0]
@@ -278,6 +293,16 @@ def compare(entries: list[StudyEntry], ground_truth: str, output_dir: str, seeds
     print(table_md.read_text(), end="")
     print(f"wrote {table_csv}, {table_md}, rank_scatter.png and tau_bars.png in {study.output_dir}")
     return rows
+
+
+def _search_figures(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The arch the run's own search exported (WPNAS's argmax, DI-NAS's controller, PC-NAS's pool) and its GT rank
+    among the ranked archs; nothing for a method without one."""
+    found = search_result(folder)
+    if found is None:
+        return {}
+    return {"search_arch": found.arch, "search_gt_rank": gt_rank(found.arch, rows),
+            "search_file": str(found.file.relative_to(folder))}
 
 
 def compare_main(argv: list[str]) -> None:

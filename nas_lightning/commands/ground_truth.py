@@ -80,7 +80,8 @@ def _load_runs(path: Path) -> dict[tuple[str, int], float]:
     return done
 
 
-def _append_run(path: Path, record: dict[str, object]) -> None:
+def append_run(path: Path, record: dict[str, object]) -> None:
+    """Append one finished run to the JSON-lines log, synced to disk: a kill loses at most the run in progress."""
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
@@ -88,7 +89,7 @@ def _append_run(path: Path, record: dict[str, object]) -> None:
 
 
 @contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def quiet_lightning() -> Iterator[None]:
     """One Trainer per run: Lightning's per-Trainer banners would bury the progress bar."""
     loggers = [logging.getLogger(name) for name in ("pytorch_lightning", "lightning_fabric")]
     levels = [lg.level for lg in loggers]
@@ -116,7 +117,7 @@ def _train_runs(space: SearchSpace, data: SplitDataModule, todo: list[tuple[Arch
         run = trainer.validate if split == "val" else trainer.test
         acc = float(run(model, datamodule=data, verbose=False)[0][f"{split}/acc"]) * 100.0
         done[(str(arch), seed)] = acc
-        _append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, "epochs": max_epochs})
+        append_run(runs_path, {"arch": str(arch), "seed": seed, "accuracy": acc, "epochs": max_epochs})
 
 
 def ground_truth(
@@ -160,7 +161,7 @@ def ground_truth(
     done = _load_runs(runs_path)
     todo = [(a, s) for a in chosen for s in seeds if (str(a), s) not in done]
     print(f"ground truth: {len(chosen)} archs x {len(seeds)} seeds; {len(done)} runs done, {len(todo)} to go")
-    with _quiet_lightning():
+    with quiet_lightning():
         _train_runs(space, data, todo, done, runs_path, max_epochs, optimizer, lr_scheduler, split, accelerator,
                     precision, progress)
 

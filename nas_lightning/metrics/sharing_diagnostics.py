@@ -1,6 +1,7 @@
 """What DC-NAS's sharing-state inferences did ("Distribution Consistent Neural Architecture Search", sections 1-2;
 docs/design_choices.md, "DC-NAS"): per inference round, the cluster sizes and consistency scores of every
-(layer, site, op) (``consistency_scores.csv``), the sharing-state matrix of every layer as a heatmap
+(layer, site, op) (``consistency_scores.csv``), the sharing-state matrix of every layer as a table
+(``sharing_state.csv``: the copy of every clustered (layer, site, op, cluster)) and as a heatmap
 (``sharing_state_layer<d>.png``: rows the ops, columns (site, cluster), the colour the copy), and the parameter
 count as copies split (``params.csv``). Files are written atomically; each CSV keeps the rows of earlier rounds
 and replaces those of this round and later ones, so a resumed run rewrites what it redoes.
@@ -32,6 +33,20 @@ def score_rows(state: SharingState, result: InferenceResult, epoch: int) -> list
                              "op": state.choices[r.layer][r.op], "part": r.part, "cluster_i": i, "cluster_j": j,
                              "size_i": r.sizes[i], "size_j": r.sizes[j], "score": float(r.scores[i, j]),
                              "copy_i": r.copies[i], "copy_j": r.copies[j]})
+    return rows
+
+
+def state_rows(state: SharingState, epoch: int) -> list[dict[str, Any]]:
+    """The sharing-state table after the inference: one row per (layer, site, clustered op, cluster)."""
+    rows = []
+    for layer, reach in enumerate(state.layout.reach):
+        for op, name in enumerate(state.choices[layer]):
+            if not bool(state.clustered[layer, op]):
+                continue
+            for site in range(len(reach)):
+                rows.extend({"round": state.rounds, "epoch": epoch, "layer": layer,
+                             "decision": state.space.decisions[layer].name, "site": site, "op": name,
+                             "cluster": k, "copy": int(state.table[layer, site, op, k])} for k in range(state.M))
     return rows
 
 
@@ -102,6 +117,7 @@ def write_sharing_diagnostics(out_dir: str | Path, state: SharingState, result: 
     rnd = state.rounds
     atomic_write_csv(out / "consistency_scores.csv", merge_rows(out / "consistency_scores.csv",
                                                                 score_rows(state, result, epoch), rnd))
+    atomic_write_csv(out / "sharing_state.csv", merge_rows(out / "sharing_state.csv", state_rows(state, epoch), rnd))
     atomic_write_csv(out / "params.csv", merge_rows(out / "params.csv",
                                                     [params_row(state, result, count, in_use, epoch)], rnd))
     for layer, row in enumerate(state.layout.reach):

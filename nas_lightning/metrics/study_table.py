@@ -2,7 +2,8 @@
 
 One run's figures come from the per-arch CSV its ranking evaluation wrote (``arch, gt_accuracy,
 inherited_accuracy, params, flops``): Kendall tau-b, Spearman, tau over the pairs of equal params, precision@5
-and the GT rank of the supernet's top arch (``ranking_metrics``, checked against scipy). A method's row is the mean
+and the GT rank of the supernet's top arch (``ranking_metrics``, checked against scipy); and, for a method whose
+run exports the arch its own search settles on, that arch's GT rank (``search_exports``). A method's row is the mean
 and sample std of each figure over its seeds. Beside them: the GT's seed-to-seed tau (the ceiling) and the params
 and FLOPs proxies on the same archs (Sciuto et al., arXiv:1902.08142, argue for this comparison;
 docs/design_choices.md, "Comparing methods").
@@ -30,6 +31,7 @@ FIGURES: tuple[tuple[str, str, int], ...] = (
     ("kendall_tau_equal_params", "tau, equal-params pairs", 3),
     ("precision@5", "P@5", 2),
     ("top1_gt_rank", "GT rank of top arch", 1),
+    ("search_gt_rank", "GT rank of search's arch", 1),
     ("wall_s", "wall time (s)", 0),
     ("peak_mib", "peak memory (MiB)", 0),
 )
@@ -95,6 +97,7 @@ def method_row(name: str, runs: Sequence[Mapping[str, Any]], variance: Mapping[s
                               ("topk_change", epochs_v, "topk_change_mean_mean")):
         row[key], row[f"{key}_std"] = source.get(name, math.nan), math.nan
     row["top1_archs"] = " ".join(sorted({str(r.get("top1_arch", "")) for r in runs}))
+    row["search_archs"] = " ".join(sorted({str(r["search_arch"]) for r in runs if r.get("search_arch")}))
     return row
 
 

@@ -6,7 +6,10 @@ it reads), ``fit.json`` once ``fit`` has finished and ``result.json`` once ``val
 the run folder as their working directory, so every relative path of a method config (``runs/...``, checkpoint
 folders, logs) lands inside it. ``python -m nas_lightning.utils.study <subcommand> ...`` is the child: the
 ``nas-lightning`` command, which then records the process's peak GPU memory (``peak_gpu.json``), something only
-the child can measure. docs/design_choices.md, "Comparing methods", gives the choices.
+the child can measure. The files a config or an override reads (a GT table, a predictor, a latency table, a
+checkpoint: every string that names an existing file relative to the study's working directory) are made
+absolute first (``absolute_inputs``, ``resolved_config``), so they still resolve from the run folder and their
+hashes join the settings. docs/design_choices.md, "Comparing methods", gives the choices.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas_lightning.utils.atomic import atomic_write_json
+import yaml
+
+from nas_lightning.utils.atomic import atomic_write_json, atomic_write_text
 
 SETTINGS_FILE = "settings.json"
 FIT_FILE = "fit.json"
@@ -67,6 +72,44 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         digest.update(str(file.relative_to(path) if path.is_dir() else "").encode() + b"\0")
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def is_input_file(value: Any) -> bool:
+    """A relative path, as a string, to a file that exists from the working directory."""
+    return isinstance(value, str) and bool(value) and not os.path.isabs(value) and os.path.isfile(value)
+
+
+def absolute_inputs(value: Any) -> Any:
+    """``value`` (a parsed YAML tree or an argument list) with every input file (``is_input_file``) made
+    absolute; folders and other strings (output paths, class paths) stay as written."""
+    if isinstance(value, dict):
+        return {k: absolute_inputs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [absolute_inputs(v) for v in value]
+    return os.path.abspath(value) if is_input_file(value) else value
+
+
+def input_files(value: Any) -> list[str]:
+    """The input files (``is_input_file``) that ``value`` names, as written, in order."""
+    if isinstance(value, dict):
+        return [f for v in value.values() for f in input_files(v)]
+    if isinstance(value, list):
+        return [f for v in value for f in input_files(v)]
+    return [value] if is_input_file(value) else []
+
+
+def resolved_config(config: str, out_dir: Path, index: int) -> Path:
+    """A copy of the YAML ``config`` in ``out_dir`` (``<index>_<name>``: two configs may share a name) with its
+    input files made absolute (``absolute_inputs``)."""
+    tree = yaml.safe_load(Path(config).read_text())
+    out = out_dir / f"{index}_{Path(config).name}"
+    atomic_write_text(out, yaml.safe_dump(absolute_inputs(tree), sort_keys=False))
+    return out
+
+
+def config_inputs(config: str) -> list[str]:
+    """The input files a YAML config names (``input_files``)."""
+    return input_files(yaml.safe_load(Path(config).read_text()))
 
 
 def settings_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
