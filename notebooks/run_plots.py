@@ -29,6 +29,16 @@ def newest_folder(run_dir, pattern):
     return max(folders, key=lambda p: p.stat().st_mtime) if folders else None
 
 
+def newest_rows_with(run_dir, name, column):
+    """The rows of the newest file called name under run_dir whose header has column (fit and validate log to
+    separate version folders, so the newest metrics.csv may be validate's); [] when none has it."""
+    for path in sorted(Path(run_dir).rglob(name), key=lambda p: p.stat().st_mtime, reverse=True):
+        rows = read_csv(path)
+        if rows and column in rows[0]:
+            return rows
+    return []
+
+
 def rankings(run_dir):
     """Every RankingEvaluation result in run_dir: (stage, epoch, summary, per-arch rows), fit epochs first. Each
     stage comes from the newest folder holding its files (fit and validate log to separate version folders)."""
