@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_lightning.metrics import ranking_metrics
+from nas_lightning.metrics.search_exports import gt_rank
 from nas_lightning.utils.atomic import atomic_write_text
 
 
@@ -26,12 +27,6 @@ def read_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a CSV, past the '#' lines a ground-truth file starts with (the command that made it)."""
     with path.open(newline="") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
-
-
-def gt_rank(accuracy: dict[str, float], arch: str) -> int:
-    """1 + the number of GT archs strictly better (archs tied in GT share the best rank among them, as
-    ``ranking_metrics``' ``top1_gt_rank``)."""
-    return 1 + sum(a > accuracy[arch] for a in accuracy.values())
 
 
 def report(run_dir: Path, ground_truth: Path) -> str:
@@ -71,7 +66,7 @@ def report(run_dir: Path, ground_truth: Path) -> str:
         f"   ({equal['equal_cost_pairs']:.0f} pairs)",
         f"found arch (evolution, {top_path}):",
         f"  {found}  {top[0]['params']:,} params",
-        f"  GT accuracy {accuracy[found]:.2f}% (seeds {seed_text}): GT rank {gt_rank(accuracy, found)} of {n_gt}"
+        f"  GT accuracy {accuracy[found]:.2f}% (seeds {seed_text}): GT rank {gt_rank(found, accuracy):.0f} of {n_gt}"
         f"  (GT best {accuracy[best]:.2f}%, median {by_gt[n_gt // 2]:.2f}%, worst {by_gt[-1]:.2f}%)",
         f"  the supernet's top arch of all {summary['num_archs']}: GT rank {s['top1_gt_rank']:.0f}; "
         f"the params proxy's: GT rank {params['top1_gt_rank']:.0f}",

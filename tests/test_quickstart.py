@@ -77,7 +77,7 @@ def test_report_by_hand(tmp_path: Path) -> None:
     assert "GT accuracy 70.00% (seeds 69.00, 71.00): GT rank 2 of 5" in text
     assert "supernet (inherited weights)             0.300     0.400" in text
     assert "GT seed-to-seed (the ceiling)            0.500" in text
-    assert gt_rank({"x": 1.0, "y": 2.0, "z": 2.0}, "x") == 3
+    assert gt_rank("x", {"x": 1.0, "y": 2.0, "z": 2.0}) == 3
 
 
 def test_report_command_writes_report_txt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

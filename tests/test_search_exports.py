@@ -11,8 +11,7 @@ import pytest
 
 from nas_lightning.metrics.search_exports import gt_rank, search_result
 
-ROWS = [{"arch": "a", "gt_accuracy": 70.0}, {"arch": "b", "gt_accuracy": 80.0}, {"arch": "c", "gt_accuracy": 80.0},
-        {"arch": "d", "gt_accuracy": 60.0}]
+GT = {"a": 70.0, "b": 80.0, "c": 80.0, "d": 60.0}
 
 
 @pytest.mark.parametrize(("name", "content"), [
@@ -40,8 +39,8 @@ def test_newest_export_wins_and_none_without_one(tmp_path: Path) -> None:
 
 def test_gt_rank_by_hand_and_a_bad_export(tmp_path: Path) -> None:
     # b and c tie at the top (rank 1 both), then a (3), then d (4)
-    assert [gt_rank(a, ROWS) for a in "abcd"] == [3.0, 1.0, 1.0, 4.0]
-    assert math.isnan(gt_rank("z", ROWS))
+    assert [gt_rank(a, GT) for a in "abcd"] == [3.0, 1.0, 1.0, 4.0]
+    assert math.isnan(gt_rank("z", GT))
     (tmp_path / "wpnas_arch.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(ValueError, match=r"wpnas_arch\.json is not a wpnas_arch\.json export"):
         search_result(tmp_path)

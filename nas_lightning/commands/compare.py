@@ -301,7 +301,8 @@ def _search_figures(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     found = search_result(folder)
     if found is None:
         return {}
-    return {"search_arch": found.arch, "search_gt_rank": gt_rank(found.arch, rows),
+    accuracy = {r["arch"]: float(r["gt_accuracy"]) for r in rows}
+    return {"search_arch": found.arch, "search_gt_rank": gt_rank(found.arch, accuracy),
             "search_file": str(found.file.relative_to(folder))}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,10 @@ def search_result(folder: str | Path) -> SearchResult | None:
     return SearchResult(str(arch), newest)
 
 
-def gt_rank(arch: str, rows: Sequence[Mapping[str, Any]]) -> float:
-    """The GT rank of ``arch`` among ``rows`` (per-arch ranking rows; 1 = the best GT accuracy, ties share the
-    best rank of their group); NaN when the GT does not hold it."""
-    mine = [float(r["gt_accuracy"]) for r in rows if r["arch"] == arch]
-    if not mine:
+def gt_rank(arch: str, accuracy: Mapping[str, float]) -> float:
+    """The GT rank of ``arch`` among the archs of ``accuracy`` (arch -> GT accuracy): 1 + the number of archs
+    strictly better, so archs tied in GT share the best rank among them, as ``ranking_metrics``' ``top1_gt_rank``;
+    NaN when the GT does not hold it."""
+    if arch not in accuracy:
         return math.nan
-    return 1.0 + sum(float(r["gt_accuracy"]) > mine[0] for r in rows)
+    return 1.0 + sum(a > accuracy[arch] for a in accuracy.values())
