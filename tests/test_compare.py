@@ -223,6 +223,7 @@ def test_read_ranking_csv_refuses_other_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("study_file", "expected"), [
     ("chain_fashion_mnist.yaml", {"PC-NAS": "PCNAS", "ReducedSharing-g4": "ReducedSharing"}),
     ("reduced_sharing_deeper_insights.yaml", {"g64": "ReducedSharing", "k0": "ReducedSharing"}),
+    ("nb201_fashion_mnist.yaml", {"PC-NAS": "PCNAS", "DC-NAS": "DCNAS", "WPNAS": "WPNAS"}),
     ("wpnas_ablation_deeper_insights.yaml", {"SPOS": "LandmarkSPOS", "+landmark": "LandmarkSPOS", "+PS": "WPNAS",
                                              "+predictor": "WPNAS", "+WWS": "WPNAS"}),
 ])
@@ -250,6 +251,15 @@ def test_shipped_studies_build_every_run(study_file: str, expected: dict[str, st
             if run["entry"] == "PC-NAS":  # 4 + 3 layers x 2 = the study's 10 epochs
                 shrink = next(c for c in cli.trainer.callbacks if type(c).__name__ == "PoolShrinking")
                 assert (shrink.warmup_epochs, shrink.interval_epochs) == (4, 2)
+        elif study_file.startswith("nb201"):  # the chain study's method configs on NAS-Bench-201
+            assert type(cli.model.space).__name__ == "NB201Space" and cli.model.space.num_archs == 15625
+            assert cli.datamodule.image_size == 28
+            if run["entry"] == "PC-NAS":  # 4 + 6 edges x 1 = the study's 10 epochs, under 8 MFLOPs
+                shrink = next(c for c in cli.trainer.callbacks if type(c).__name__ == "PoolShrinking")
+                assert (shrink.warmup_epochs, shrink.interval_epochs) == (4, 1)
+                assert cli.model.sampler.limit.max_latency == 8.0
+            if run["entry"] == "WPNAS":  # its landmarks come from the benchmark's GT
+                assert cli.model.landmark.ground_truth.endswith("nb201_fashion_mnist.csv")
         elif study_file.startswith("wpnas"):  # cumulative: each row adds one piece to the one before
             rows = ["SPOS", "+landmark", "+PS", "+predictor", "+WWS"]
             row = rows.index(run["entry"])

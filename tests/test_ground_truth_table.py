@@ -216,14 +216,16 @@ def test_the_shipped_ground_truth_files_load_for_their_spaces() -> None:
     from pathlib import Path
 
     from nas_lightning.metrics.ground_truth import load_ground_truth
-    from nas_lightning.spaces import ChainSpace, DeeperInsightsSpace
+    from nas_lightning.spaces import ChainSpace, DeeperInsightsSpace, NB201Space
 
     results = Path(__file__).parents[1] / "configs" / "ground_truth" / "results"
     chain = ChainSpace(num_layers=3, ops=("nor_conv_1x1", "nor_conv_3x3", "skip_connect", "avg_pool_3x3"), C=16,
                        num_classes=10, in_channels=1, input_size=28)
     deeper = DeeperInsightsSpace(num_classes=10, in_channels=1, input_size=10)
+    nb201 = NB201Space(C=8, N=1, num_classes=10, in_channels=1, input_size=28)
     for name, space, n, tau in (("chain_fashion_mnist.csv", chain, 32, 0.617),
                                 ("chain_fashion_mnist_all.csv", chain, 64, 0.509),
-                                ("deeper_insights_fashion_mnist.csv", deeper, 64, 0.358)):
+                                ("deeper_insights_fashion_mnist.csv", deeper, 64, 0.358),
+                                ("nb201_fashion_mnist.csv", nb201, 32, 0.345)):
         gt = load_ground_truth(str(results / name), space)
         assert len(gt.archs) == n and round(gt.seed_to_seed_tau(), 3) == tau
