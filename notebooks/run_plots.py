@@ -12,6 +12,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from nas_lightning.metrics.ranking_plots import descending_ranks
+
 
 def read_csv(path):
     with open(path, newline="") as f:
@@ -52,24 +54,10 @@ def rankings(run_dir):
     return sorted(out, key=lambda r: (r[0] != "fit", r[1]))
 
 
-def ranks(values):
-    """Rank 1 for the largest value; ties share the mean of their ranks (scipy.stats.rankdata(-x))."""
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    out, i = [0.0] * len(values), 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
 def rank_scatter(ax, rows, column, label, tau, mark=None):
     """One rank against GT rank, best at the top right; mark: an arch to circle (e.g. the search's pick)."""
-    gt = ranks([num(r["gt_accuracy"]) for r in rows])
-    other = ranks([num(r[column]) for r in rows])
+    gt = descending_ranks([num(r["gt_accuracy"]) for r in rows])
+    other = descending_ranks([num(r[column]) for r in rows])
     n = len(rows)
     ax.plot([1, n], [1, n], color="0.8", lw=1, zorder=0)
     ax.scatter(gt, other, s=16)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nas_lightning.metrics.ranking import cost_proxy_metrics, ranking_metrics
+from nas_lightning.metrics.ranking_plots import descending_ranks
 from nas_lightning.utils.atomic import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 __all__ = ["FIGURES", "method_row", "proxy_rows", "read_ranking_csv", "run_figures", "save_plots", "write_table"]
@@ -150,21 +151,6 @@ def write_table(out: str | Path, rows: Sequence[Mapping[str, Any]], cost: str, w
             atomic_write_text(out / "study_table.md", markdown_table(rows, cost, with_variance, notes)))
 
 
-def _ranks(values: Sequence[float]) -> list[float]:
-    """1 = best (highest); ties share their mean rank."""
-    order = sorted(range(len(values)), key=lambda i: -values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for n in range(i, j + 1):
-            ranks[order[n]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def save_plots(out: str | Path, per_method: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
                rows: Sequence[Mapping[str, Any]], cost: str) -> list[Path]:
     """``rank_scatter.png`` (per method: GT rank against inherited rank, every seed) and ``tau_bars.png`` (each
@@ -181,8 +167,8 @@ def save_plots(out: str | Path, per_method: Mapping[str, Sequence[Sequence[Mappi
     for n, name in enumerate(names):
         ax = fig.add_subplot(math.ceil(len(names) / cols), cols, n + 1)
         for s, run in enumerate(per_method[name]):
-            gt = _ranks([float(r["gt_accuracy"]) for r in run])
-            inherited = _ranks([float(r["inherited_accuracy"]) for r in run])
+            gt = descending_ranks([float(r["gt_accuracy"]) for r in run])
+            inherited = descending_ranks([float(r["inherited_accuracy"]) for r in run])
             ax.scatter(gt, inherited, s=10, alpha=0.7, label=f"seed {s}")
         ax.set_title(name, fontsize=9)
         if len(per_method[name]) > 1:
